@@ -1,0 +1,135 @@
+"""The `openwit` command: build, demo, web."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+BUILD_EPILOG = """\
+Every Beam option passes through: --runner (default DirectRunner, in memory),
+--direct_running_mode multi_processing --direct_num_workers 2, and Dataflow's --project,
+--region, --temp_location, --setup_file, ...
+
+Output folder: shards/NNNNNN.tar (+ .parquet, _stats.json, sizes.json), stats.json,
+query_counts.parquet, failures/*.parquet (every dropped candidate with its reason).
+"""
+
+
+class _DropBeamImportNoise(logging.Filter):
+    # Beam warns on import that optional GCP client libraries are absent; irrelevant offline.
+    def filter(self, record):
+        return "apitools not found" not in record.getMessage()
+
+
+def configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_DropBeamImportNoise())
+    logging.getLogger("openwit").setLevel(logging.DEBUG if verbose else logging.INFO)
+    # Beam logs every bundle at INFO; users want openwit's progress lines, not those.
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+
+
+def cmd_build(args, beam_args) -> int:
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.build import build
+    from pipeline.config import BuildConfig
+    from pipeline.summary import format_summary
+
+    # Our own flags were parsed for --help and errors; Beam parses them again into
+    # BuildOptions so that the same values travel with the pipeline options.
+    options = PipelineOptions(args.raw_argv)
+    config = BuildConfig.from_options(options)
+    stats = build(config, options)
+    print(format_summary(stats, config.shards.output))
+    return 1 if stats.get("accounting_problems") else 0
+
+
+def cmd_demo(args, beam_args) -> int:
+    from pipeline.demo import DemoConfig, run_demo
+
+    config = DemoConfig.from_args(args)
+    return run_demo(config, beam_args)
+
+
+def cmd_web(args, beam_args) -> int:
+    from pipeline.miniweb import MiniWeb, WorldConfig, describe
+
+    config = WorldConfig(samples=args.samples, seed=args.seed, port=args.port,
+                         eval_images_per_class=args.eval_per_class)
+    with MiniWeb(config, args.output) as web:
+        print(describe(web))
+        if args.no_serve:
+            return 0
+        print("serving; Ctrl-C to stop", flush=True)
+        web.serve_forever()
+    return 0
+
+
+DEMO_PORT = 8642
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from pipeline.config import add_build_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="openwit",
+        description="Build a WebImageText-style image-text corpus with Apache Beam.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    build = commands.add_parser(
+        "build", help="candidate URL/caption lists -> WebDataset shards",
+        epilog=BUILD_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_build_arguments(build)
+    build.set_defaults(handler=cmd_build)
+
+    demo = commands.add_parser(
+        "demo", help="generate and serve the local mini-web, then build a corpus from it"
+    )
+    demo.add_argument("--output", default="openwit-demo", help="folder for everything")
+    demo.add_argument("--quick", action="store_true", help="a small world (under 2 minutes)")
+    demo.add_argument("--samples", type=int, default=None, help="candidate rows in the world")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--port", type=int, default=DEMO_PORT,
+                      help=f"mini-web port (default {DEMO_PORT}: URLs, hence sample keys and "
+                           "shards, are the same on every machine; 0: any free port)")
+    demo.add_argument("--per-query-cap", type=int, default=None,
+                      help="default: a tenth of the candidates, so that balancing shows")
+    demo.set_defaults(handler=cmd_demo)
+
+    web = commands.add_parser("web", help="generate the mini-web and serve it on 127.0.0.1")
+    web.add_argument("--output", required=True, help="folder for the world's files")
+    web.add_argument("--samples", type=int, default=20000)
+    web.add_argument("--seed", type=int, default=0)
+    web.add_argument("--port", type=int, default=0, help="0: a free port")
+    web.add_argument("--eval-per-class", type=int, default=30)
+    web.add_argument("--no-serve", action="store_true", help="write the files and exit")
+    web.set_defaults(handler=cmd_web)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    configure_logging("-v" in argv or "--verbose" in argv)
+    parser = make_parser()
+    args, beam_args = parser.parse_known_args(argv)
+    args.raw_argv = argv[argv.index(args.command) + 1:]
+    from pipeline.config import ConfigError
+
+    try:
+        return args.handler(args, beam_args)
+    except ConfigError as err:
+        parser.exit(2, f"openwit {args.command}: error: {err}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""One small frozen dataclass per stage, and the Beam options that fill them from the command line.
+
+Transforms take their stage's dataclass and nothing else, so the same values reach a DoFn on a
+Dataflow worker as on this machine (dataclasses pickle), and no stage reads a global.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+# img2dataset's default opt-out directives; "noai"/"noimageai" are the ones that matter for
+# training, "noindex"/"noimageindex" are honoured because a crawler that indexes must too.
+DEFAULT_DISALLOWED_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
+
+
+class ConfigError(ValueError):
+    """A flag or input the user must fix; the CLI prints it without a traceback."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadConfig:
+    candidates: tuple[str, ...]
+    url_column: str | None = None  # None: the first of url, URL, image_url, ...
+    caption_column: str | None = None  # None: the first of caption, TEXT, text, ...
+    input_format: str | None = None  # None: from the file extension
+
+
+@dataclasses.dataclass(frozen=True)
+class NormaliseConfig:
+    max_caption_chars: int = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class MatchConfig:
+    queries: str | None  # a query table (text: one per line, or parquet with a `query` column)
+    case_sensitive: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class LanguageConfig:
+    languages: tuple[str, ...] = ("en",)  # empty: keep every language (and skip detection)
+    min_probability: float = 0.5
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class CapConfig:
+    per_query_cap: int = 20000
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class DownloadConfig:
+    threads: int = 32
+    timeout: float = 10.0  # seconds for the whole response, not per read
+    retries: int = 2
+    max_retry_wait: float = 10.0  # cap on Retry-After / backoff, seconds
+    max_redirects: int = 5
+    max_bytes: int = 30 * 1024 * 1024
+    user_agent_token: str = "openwit"
+    disallowed_directives: tuple[str, ...] = DEFAULT_DISALLOWED_DIRECTIVES
+    allow_private_hosts: bool = False  # loopback/private/link-local targets; the mini-web needs it
+    image_size: int = 256
+    resize_mode: str = "border"  # img2dataset's: no, keep_ratio, keep_ratio_largest, center_crop, border
+    resize_only_if_bigger: bool = False
+    encode_quality: int = 95
+    min_image_size: int = 32
+    max_image_area: float = 89_478_485  # Pillow's decompression-bomb threshold
+    max_aspect_ratio: float = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardConfig:
+    output: str
+    samples_per_shard: int = 10000  # candidates per shard before download, as img2dataset counts
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildConfig:
+    read: ReadConfig
+    normalise: NormaliseConfig
+    match: MatchConfig
+    language: LanguageConfig
+    cap: CapConfig
+    download: DownloadConfig
+    shards: ShardConfig
+
+    @classmethod
+    def from_options(cls, options: PipelineOptions) -> "BuildConfig":
+        o = options.view_as(BuildOptions)
+        if not o.candidates:
+            raise ConfigError("--candidates is required (a file, a glob, or several)")
+        if not o.output:
+            raise ConfigError("--output is required")
+        languages = tuple(
+            lang.strip() for lang in o.languages.split(",") if lang.strip() and lang.strip() != "any"
+        )
+        return cls(
+            read=ReadConfig(
+                candidates=tuple(o.candidates),
+                url_column=o.url_col,
+                caption_column=o.caption_col,
+                input_format=o.input_format,
+            ),
+            normalise=NormaliseConfig(max_caption_chars=o.max_caption_chars),
+            match=MatchConfig(queries=o.queries, case_sensitive=o.case_sensitive),
+            language=LanguageConfig(
+                languages=languages, min_probability=o.min_language_prob, seed=o.seed
+            ),
+            cap=CapConfig(per_query_cap=o.per_query_cap, seed=o.seed),
+            download=DownloadConfig(
+                threads=o.download_threads,
+                timeout=o.timeout,
+                retries=o.retries,
+                max_redirects=o.max_redirects,
+                max_bytes=o.max_download_mb * 1024 * 1024,
+                user_agent_token=o.user_agent_token,
+                disallowed_directives=tuple(
+                    d.strip().lower() for d in o.disallowed_header_directives.split(",") if d.strip()
+                ),
+                allow_private_hosts=o.allow_private_hosts,
+                image_size=o.image_size,
+                resize_mode=o.resize_mode,
+                resize_only_if_bigger=o.resize_only_if_bigger,
+                encode_quality=o.encode_quality,
+                min_image_size=o.min_image_size,
+                max_image_area=o.max_image_area,
+                max_aspect_ratio=o.max_aspect_ratio,
+            ),
+            shards=ShardConfig(output=o.output.rstrip("/"), samples_per_shard=o.samples_per_shard),
+        )
+
+
+def _flag(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
+
+
+def add_build_arguments(parser) -> None:
+    """The flags of `openwit build`; shared by its --help and by `BuildOptions` parsing."""
+    d = DownloadConfig()
+    g = parser.add_argument_group("input")
+    g.add_argument("--candidates", action="append", default=None, metavar="PATH",
+                   help="candidate list(s): parquet, csv, tsv or jsonl; a file or a glob, local or "
+                        "any Beam filesystem (s3://, gs://); repeat for several")
+    g.add_argument("--input-format", "--input_format", default=None,
+                   choices=["parquet", "csv", "tsv", "jsonl"],
+                   help="force the format (default: from each file's extension)")
+    g.add_argument("--url-col", "--url_col", default=None,
+                   help="URL column (default: the first of url, URL, image_url, link)")
+    g.add_argument("--caption-col", "--caption_col", default=None,
+                   help="caption column (default: the first of caption, TEXT, text, alt, alt_text)")
+    g.add_argument("--output", default=None, help="output folder (local or s3:// / gs://)")
+
+    g = parser.add_argument_group("text stages")
+    g.add_argument("--queries", default=None,
+                   help="query table: text (one per line) or parquet with a `query` column; "
+                        "without it every caption is kept and no per-query cap applies")
+    g.add_argument("--case-sensitive", "--case_sensitive", type=_flag, default=False,
+                   help="match queries case-sensitively (default false)")
+    g.add_argument("--max-caption-chars", "--max_caption_chars", type=int,
+                   default=NormaliseConfig.max_caption_chars)
+    g.add_argument("--languages", default="en",
+                   help="comma-separated ISO 639-1 codes to keep, or 'any' (default: en)")
+    g.add_argument("--min-language-prob", "--min_language_prob", type=float,
+                   default=LanguageConfig.min_probability)
+    g.add_argument("--per-query-cap", "--per_query_cap", type=int, default=CapConfig.per_query_cap,
+                   help="at most this many samples per query (default 20000, as in the CLIP paper)")
+    g.add_argument("--seed", type=int, default=0, help="seed for every random decision")
+
+    g = parser.add_argument_group("download")
+    g.add_argument("--download-threads", "--download_threads", type=int, default=d.threads)
+    g.add_argument("--timeout", type=float, default=d.timeout,
+                   help="seconds for a whole response (a server that trickles bytes is cut off)")
+    g.add_argument("--retries", type=int, default=d.retries,
+                   help="retries after 429, 5xx and connection errors, with backoff")
+    g.add_argument("--max-redirects", "--max_redirects", type=int, default=d.max_redirects)
+    g.add_argument("--max-download-mb", "--max_download_mb", type=int,
+                   default=d.max_bytes // (1024 * 1024))
+    g.add_argument("--user-agent-token", "--user_agent_token", default=d.user_agent_token,
+                   help="bot token in the User-Agent; X-Robots-Tag directives scoped to it apply")
+    g.add_argument("--disallowed-header-directives", "--disallowed_header_directives",
+                   default=",".join(d.disallowed_directives))
+    g.add_argument("--allow-private-hosts", "--allow_private_hosts", type=_flag, default=False,
+                   help="allow loopback/private/link-local targets (off: a crawler on a cloud "
+                        "worker must not reach its metadata server)")
+    g.add_argument("--image-size", "--image_size", type=int, default=d.image_size)
+    g.add_argument("--resize-mode", "--resize_mode", default=d.resize_mode,
+                   choices=["no", "keep_ratio", "keep_ratio_largest", "center_crop", "border"])
+    g.add_argument("--resize-only-if-bigger", "--resize_only_if_bigger", type=_flag, default=False)
+    g.add_argument("--encode-quality", "--encode_quality", type=int, default=d.encode_quality)
+    g.add_argument("--min-image-size", "--min_image_size", type=int, default=d.min_image_size)
+    g.add_argument("--max-image-area", "--max_image_area", type=float, default=d.max_image_area)
+    g.add_argument("--max-aspect-ratio", "--max_aspect_ratio", type=float,
+                   default=d.max_aspect_ratio)
+
+    g = parser.add_argument_group("output")
+    g.add_argument("--samples-per-shard", "--samples_per_shard", type=int,
+                   default=ShardConfig.samples_per_shard,
+                   help="candidates per shard before download (img2dataset's convention)")
+
+
+class BuildOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        add_build_arguments(parser)
+
+
+def validate(config: BuildConfig) -> None:
+    if config.cap.per_query_cap < 1:
+        raise ConfigError("--per-query-cap must be at least 1")
+    if config.shards.samples_per_shard < 1:
+        raise ConfigError("--samples-per-shard must be at least 1")
+    if config.download.threads < 1:
+        raise ConfigError("--download-threads must be at least 1")
+    if not 0.0 <= config.language.min_probability <= 1.0:
+        raise ConfigError("--min-language-prob must be in [0, 1]")
+    if config.download.max_aspect_ratio < 1 or math.isnan(config.download.max_aspect_ratio):
+        raise ConfigError("--max-aspect-ratio must be at least 1")

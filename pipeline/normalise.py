@@ -1,0 +1,71 @@
+"""Stage 2: normalise captions (HTML entities, mojibake, Unicode form, whitespace).
+
+ftfy repairs mojibake ("cafÃ©" -> "café") and unescapes HTML; it is the slow part, so a caption
+that is pure ASCII without an "&" (most of them) skips it: neither mojibake nor an entity can
+occur in such a string, so the fast path gives the same result.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from pipeline.config import NormaliseConfig
+from pipeline.records import FAILED, KEPT, Reason, Stage, StageResult, tagged_failure
+
+_WHITESPACE = re.compile(r"\s+")
+# C0/C1 control characters and zero-width marks that alt texts pick up from CMS templates.
+_INVISIBLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\ufeff]")
+
+
+def normalise_caption(caption: str) -> str:
+    if not caption.isascii() or "&" in caption:
+        import ftfy  # imported here: most workers' captions never need it
+
+        caption = ftfy.fix_text(caption, unescape_html=True, normalization="NFC")
+        # Double-escaped entities ("&amp;amp;") survive one unescape.
+        for _ in range(2):
+            unescaped = html.unescape(caption)
+            if unescaped == caption:
+                break
+            caption = unescaped
+        caption = unicodedata.normalize("NFC", caption)
+    caption = _INVISIBLE.sub(" ", caption)
+    return _WHITESPACE.sub(" ", caption).strip()
+
+
+class NormaliseFn(beam.DoFn):
+    def __init__(self, config: NormaliseConfig):
+        self._config = config
+
+    def setup(self):
+        self._changed = Metrics.counter("openwit", "normalise.changed")
+
+    def process(self, candidate):
+        caption = normalise_caption(candidate["caption"])
+        if not caption:
+            yield tagged_failure(candidate, Stage.NORMALISE, Reason.EMPTY_CAPTION)
+            return
+        if len(caption) > self._config.max_caption_chars:
+            yield tagged_failure(candidate, Stage.NORMALISE, Reason.CAPTION_TOO_LONG,
+                                 f"{len(caption)} characters")
+            return
+        if caption != candidate["caption"]:
+            self._changed.inc()
+        yield {**candidate, "caption": caption}
+
+
+class NormaliseCaptions(beam.PTransform):
+    def __init__(self, config: NormaliseConfig):
+        super().__init__()
+        self._config = config
+
+    def expand(self, candidates):
+        result = candidates | "Normalise" >> beam.ParDo(NormaliseFn(self._config)).with_outputs(
+            FAILED, main=KEPT
+        )
+        return StageResult(result[KEPT], result[FAILED])

@@ -1,0 +1,131 @@
+"""The records that flow between stages, and the one shape every dropped candidate takes.
+
+A candidate is a plain dict (cheap to pickle between Beam workers, easy to extend by later
+stages):
+
+    key        deterministic sample id: sha1(url + "\\t" + raw caption), 16 hex chars, no dot
+    url        the image URL as given
+    caption    the caption (normalised after the normalise stage)
+    queries    sorted list of matched query strings (after the match stage)
+    language, language_prob   (after the language stage)
+
+After download a sample also carries `jpg` (bytes), width, height, original_width,
+original_height, sha256 (of the downloaded bytes, as img2dataset computes it) and phash.
+
+A failure is a dict with the fields of `FAILURE_SCHEMA`; every stage that drops a candidate
+emits one on its `failed` output, so the failures folder accounts for every input row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import typing
+
+import apache_beam as beam
+import pyarrow as pa
+
+KEY_HEX_CHARS = 16
+
+
+def sample_key(url: str, caption: str) -> str:
+    digest = hashlib.sha1(f"{url}\t{caption}".encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()[:KEY_HEX_CHARS]
+
+
+def stable_hash64(*parts: str) -> int:
+    """A 64-bit hash that is the same in every process (Python's hash() is salted per process)."""
+    digest = hashlib.blake2b("\x1f".join(parts).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+class Stage:
+    READ = "read"
+    NORMALISE = "normalise"
+    MATCH = "match"
+    LANGUAGE = "language"
+    DEDUP_URL = "dedup_url"
+    CAP = "cap"
+    DOWNLOAD = "download"
+    DEDUP_IMAGE = "dedup_image"
+
+    ORDER = (READ, NORMALISE, MATCH, LANGUAGE, DEDUP_URL, CAP, DOWNLOAD, DEDUP_IMAGE)
+
+
+class Reason:
+    """Every reason a candidate can be dropped for. Stable strings: users filter on them."""
+
+    # read
+    MISSING_URL = "missing_url"
+    INVALID_URL = "invalid_url"
+    MALFORMED_ROW = "malformed_row"
+    # normalise
+    EMPTY_CAPTION = "empty_caption"
+    CAPTION_TOO_LONG = "caption_too_long"
+    # match
+    NO_QUERY_MATCH = "no_query_match"
+    # language
+    LANGUAGE_NOT_WANTED = "language_not_wanted"
+    LANGUAGE_UNCERTAIN = "language_uncertain"
+    LANGUAGE_UNDETECTABLE = "language_undetectable"
+    # dedup and cap
+    DUPLICATE_URL = "duplicate_url"
+    OVER_QUERY_CAP = "over_query_cap"
+    DUPLICATE_IMAGE = "duplicate_image"
+    # download: policy, transport, HTTP
+    URL_BLOCKED = "url_blocked"
+    REDIRECT_BLOCKED = "redirect_blocked"
+    TOO_MANY_REDIRECTS = "too_many_redirects"
+    TIMEOUT = "timeout"
+    CONNECTION_ERROR = "connection_error"
+    HTTP_NOT_FOUND = "http_404"
+    HTTP_RATE_LIMITED = "http_429"
+    HTTP_SERVER_ERROR = "http_5xx"
+    HTTP_CLIENT_ERROR = "http_4xx"
+    HTTP_OTHER = "http_other_status"
+    BODY_TOO_LARGE = "body_too_large"
+    OPTED_OUT = "opted_out"
+    # download: image content
+    NOT_AN_IMAGE = "not_an_image"
+    TRUNCATED_IMAGE = "truncated_image"
+    IMAGE_TOO_LARGE = "image_too_large"
+    IMAGE_TOO_SMALL = "image_too_small"
+    ASPECT_RATIO = "aspect_ratio_too_large"
+    DECODE_ERROR = "decode_error"
+
+
+FAILURE_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("url", pa.string()),
+        ("caption", pa.string()),
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+    ]
+)
+
+
+def failure(candidate: dict, stage: str, reason: str, detail: str = "") -> dict:
+    return {
+        "key": candidate.get("key"),
+        "url": candidate.get("url"),
+        "caption": candidate.get("caption"),
+        "stage": stage,
+        "reason": reason,
+        "detail": detail[:500],
+    }
+
+
+def tagged_failure(candidate: dict, stage: str, reason: str, detail: str = ""):
+    return beam.pvalue.TaggedOutput(FAILED, failure(candidate, stage, reason, detail))
+
+
+KEPT = "kept"
+FAILED = "failed"
+
+
+class StageResult(typing.NamedTuple):
+    """What every filtering stage returns: the survivors and one failure record per drop."""
+
+    kept: beam.PCollection
+    failed: beam.PCollection

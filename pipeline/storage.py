@@ -1,0 +1,49 @@
+"""Every byte openwit reads or writes goes through Beam's FileSystems, so one code path serves
+local folders, s3:// and gs:// (and whatever filesystem a runner registers)."""
+
+from __future__ import annotations
+
+import json
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+TEMPORARY_SUFFIX = ".inprogress"
+
+
+def join(base: str, *parts: str) -> str:
+    return FileSystems.join(base, *parts)
+
+
+def read_bytes(path: str) -> bytes:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return f.read()
+
+
+def read_json(path: str):
+    return json.loads(read_bytes(path).decode("utf-8"))
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Write under a temporary name, then rename: readers see the whole file or nothing."""
+    temporary = path + TEMPORARY_SUFFIX
+    with FileSystems.create(temporary, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write(data)
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+    FileSystems.rename([temporary], [path])
+
+
+def write_json_atomic(path: str, value) -> None:
+    write_bytes_atomic(path, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def glob(pattern: str) -> list[str]:
+    (result,) = FileSystems.match([pattern])
+    return sorted(m.path for m in result.metadata_list)
+
+
+def delete(paths: list[str]) -> None:
+    existing = [p for p in paths if FileSystems.exists(p)]
+    if existing:
+        FileSystems.delete(existing)

@@ -1,0 +1,1 @@
+"""Query tables: the concept strings a caption must contain to enter the corpus."""

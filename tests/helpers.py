@@ -1,0 +1,121 @@
+"""Test helpers: local servers on 127.0.0.1, image bytes, a Beam test pipeline."""
+
+from __future__ import annotations
+
+import dataclasses
+import http.server
+import io
+import os
+import struct
+import threading
+import time
+import zlib
+
+from apache_beam.testing.test_pipeline import TestPipeline
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def beam_test_pipeline() -> TestPipeline:
+    # Explicit runner: Beam's default would first try to download the Prism binary.
+    return TestPipeline(runner="DirectRunner")
+
+
+def jpeg_bytes(color=(200, 30, 30), size=(320, 240), quality=90) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def png_bytes(color=(30, 200, 30, 128), size=(300, 200)) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGBA", size, color).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@dataclasses.dataclass
+class Route:
+    status: int = 200
+    body: bytes = b""
+    headers: dict = dataclasses.field(default_factory=dict)
+    # Responses served in turn to successive requests; the last one repeats.
+    then: list["Route"] = dataclasses.field(default_factory=list)
+    delay_before: float = 0.0  # seconds before the status line
+    trickle_seconds: float = 0.0  # spread the body over this long
+
+
+class LocalSite:
+    """A tiny web site with exactly the responses a test declares, on 127.0.0.1."""
+
+    def __init__(self):
+        self.routes: dict[str, Route] = {}
+        self.hits: dict[str, int] = {}
+        self.user_agents: list[str] = []
+        self._lock = threading.Lock()
+        site = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                with site._lock:
+                    hit = site.hits.get(self.path, 0)
+                    site.hits[self.path] = hit + 1
+                    site.user_agents.append(self.headers.get("User-Agent", ""))
+                route = site.routes.get(self.path)
+                if route is None:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                sequence = [route, *route.then]
+                route = sequence[min(hit, len(sequence) - 1)]
+                time.sleep(route.delay_before)
+                self.send_response(route.status)
+                for name, value in route.headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(route.body)))
+                self.end_headers()
+                if not route.trickle_seconds:
+                    self.wfile.write(route.body)
+                    return
+                pieces = 20
+                step = max(1, len(route.body) // pieces)
+                try:
+                    for start in range(0, len(route.body), step):
+                        self.wfile.write(route.body[start:start + step])
+                        self.wfile.flush()
+                        time.sleep(route.trickle_seconds / pieces)
+                except (BrokenPipeError, ConnectionResetError):
+                    return
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self._server.server_port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def close(self):
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def bomb_png(width=20000, height=20000) -> bytes:
+    """A few hundred bytes of PNG whose header declares width x height pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 1024)) + chunk(b"IEND", b""))

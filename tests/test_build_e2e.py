@@ -1,0 +1,228 @@
+"""`openwit build` end to end on the mini-web, checked against the mini-web's ground truth."""
+
+import collections
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+from pipeline.cli import main
+from pipeline.miniweb import MiniWeb, WorldConfig
+from pipeline.records import Reason, Stage, sample_key
+
+pytestmark = pytest.mark.slow
+
+# Download-stage pathologies of the mini-web and the reason each must end with.
+EXPECTED_DOWNLOAD_REASON = {
+    "http_404": Reason.HTTP_NOT_FOUND,
+    "http_500": Reason.HTTP_SERVER_ERROR,
+    "slow_headers": Reason.TIMEOUT,
+    "trickle": Reason.TIMEOUT,
+    "redirect_loop": Reason.TOO_MANY_REDIRECTS,
+    "reset": Reason.CONNECTION_ERROR,
+    "not_image": Reason.NOT_AN_IMAGE,
+    "truncated": Reason.TRUNCATED_IMAGE,
+    "tiny": Reason.IMAGE_TOO_SMALL,
+    "bomb": Reason.IMAGE_TOO_LARGE,
+    "noai": Reason.OPTED_OUT,
+    "noai_bot": Reason.OPTED_OUT,
+}
+DOWNLOADABLE_KINDS = {"ok", "throttled", "redirect", "other_bot_noai", "near_dup"}
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory):
+    # Seed 0: in this world every download pathology has a row whose clean English caption
+    # langdetect reads as English, so each one reaches the download stage.
+    config = WorldConfig(samples=400, seed=0, slow_seconds=8.0, eval_images_per_class=2)
+    with MiniWeb(config, tmp_path_factory.mktemp("web")) as served:
+        yield served
+
+
+def build_args(web, output, *extra):
+    return ["build", "--candidates", str(web.candidates_path), "--queries", str(web.queries_path),
+            "--output", str(output), "--allow-private-hosts", "true", "--timeout", "2",
+            "--samples-per-shard", "60", "--download-threads", "16", *extra]
+
+
+@pytest.fixture(scope="module")
+def corpus(web, tmp_path_factory):
+    output = tmp_path_factory.mktemp("corpus")
+    assert main(build_args(web, output)) == 0
+    return output
+
+
+def outcomes(output):
+    """key -> list of (stage, reason) for failures, plus the keys written to shards."""
+    failures = collections.defaultdict(list)
+    for path in glob.glob(os.path.join(output, "failures", "*.parquet")):
+        for record in pq.read_table(path).to_pylist():
+            failures[record["key"]].append((record["stage"], record["reason"]))
+    written = {}
+    for path in sorted(glob.glob(os.path.join(output, "shards", "*.tar"))):
+        for sample in wds.WebDataset(path, shardshuffle=False):
+            assert sample["__key__"] not in written, "a sample appears twice"
+            written[sample["__key__"]] = sample
+    return failures, written
+
+
+def truth_rows(web):
+    rows = pq.read_table(web.ground_truth_path).to_pylist()
+    for row in rows:
+        row["key"] = sample_key(row["url"] or "", row["caption"] or "")
+    return rows
+
+
+def test_every_row_is_written_or_failed_exactly_once(web, corpus):
+    failures, written = outcomes(corpus)
+    for row in truth_rows(web):
+        ends = len(failures.get(row["key"], [])) + (row["key"] in written)
+        assert ends == 1, (row["kind"], row["url"], failures.get(row["key"]))
+    stats = json.loads((corpus / "stats.json").read_text())
+    assert stats["input_rows"] == len(truth_rows(web))
+    assert stats["written"] == len(written)
+    assert stats["accounting_problems"] == []
+
+
+def test_pathologies_end_with_the_right_reason(web, corpus):
+    failures, written = outcomes(corpus)
+    reached_download = collections.Counter()
+    for row in truth_rows(web):
+        got = failures.get(row["key"], [])
+        text_stage = [f for f in got if f[0] in (Stage.NORMALISE, Stage.MATCH, Stage.LANGUAGE)]
+        if row["kind"] == "malformed_url":
+            assert got == [(Stage.READ, Reason.INVALID_URL)]
+        elif row["kind"] == "missing_url":
+            assert got == [(Stage.READ, Reason.MISSING_URL)]
+        elif text_stage:
+            continue  # an English caption langdetect misread; checked in the language test
+        elif row["kind"] in EXPECTED_DOWNLOAD_REASON:
+            reached_download[row["kind"]] += 1
+            assert got == [(Stage.DOWNLOAD, EXPECTED_DOWNLOAD_REASON[row["kind"]])], row["url"]
+        elif row["kind"] in DOWNLOADABLE_KINDS and row["caption_noise"] is None:
+            assert row["key"] in written or got in (
+                [(Stage.DEDUP_URL, Reason.DUPLICATE_URL)],
+                [(Stage.DEDUP_IMAGE, Reason.DUPLICATE_IMAGE)]), (row["kind"], got)
+    assert set(reached_download) == set(EXPECTED_DOWNLOAD_REASON)
+
+
+def test_opted_out_images_are_absent(web, corpus):
+    _, written = outcomes(corpus)
+    opted_out = {row["url"] for row in truth_rows(web) if row["kind"] in ("noai", "noai_bot")}
+    assert opted_out and not opted_out & {json.loads(s["json"])["url"] for s in written.values()}
+    other_bot = [row for row in truth_rows(web) if row["kind"] == "other_bot_noai"]
+    assert any(row["key"] in written for row in other_bot)
+
+
+def test_duplicates_appear_once(web, corpus):
+    failures, written = outcomes(corpus)
+    rows = truth_rows(web)
+    by_url = collections.defaultdict(list)
+    for row in rows:
+        by_url[row["url"]].append(row)
+    for row in rows:
+        if row["kind"] not in ("exact_dup", "dup_url"):
+            continue
+        group = [r for r in by_url[row["duplicate_of"]] if r["kind"] in ("ok", "dup_url")]
+        group += [r for r in rows if r["duplicate_of"] == row["duplicate_of"]
+                  and r["kind"] == row["kind"] and r not in group]
+        survivors = [r for r in group if r["key"] in written]
+        assert len(survivors) <= 1, [r["url"] for r in survivors]
+        duplicate_reasons = {Reason.DUPLICATE_IMAGE, Reason.DUPLICATE_URL}
+        for r in group:
+            if r["key"] not in written and not any(
+                    f[0] in (Stage.NORMALISE, Stage.MATCH, Stage.LANGUAGE)
+                    for f in failures[r["key"]]):
+                assert {reason for _, reason in failures[r["key"]]} <= duplicate_reasons
+
+
+def test_language_filter(web, corpus):
+    failures, _ = outcomes(corpus)
+    rows = truth_rows(web)
+    foreign = [r for r in rows if r["language"] != "en"]
+    english = [r for r in rows if r["language"] == "en" and r["url"] and r["caption_noise"] is None]
+    foreign_dropped = sum(1 for r in foreign if (Stage.LANGUAGE, Reason.LANGUAGE_NOT_WANTED)
+                          in failures.get(r["key"], []))
+    english_dropped = sum(1 for r in english
+                          if any(f[0] == Stage.LANGUAGE for f in failures.get(r["key"], [])))
+    assert foreign and foreign_dropped == len(foreign)
+    # langdetect misreads some short English alt texts; the rate is reported, not hidden.
+    assert english_dropped <= 0.12 * len(english)
+
+
+def test_shards_follow_the_contract(corpus):
+    sizes = json.loads((corpus / "shards" / "sizes.json").read_text())
+    tars = sorted(os.path.basename(p) for p in glob.glob(str(corpus / "shards" / "*.tar")))
+    assert sorted(sizes) == tars and len(tars) >= 2
+    for tar in tars:
+        samples = list(wds.WebDataset(str(corpus / "shards" / tar), shardshuffle=False))
+        assert len(samples) == sizes[tar]
+        table = pq.read_table(corpus / "shards" / tar.replace(".tar", ".parquet"))
+        assert table.column("key").to_pylist() == [s["__key__"] for s in samples]
+        stats = json.loads((corpus / "shards" / tar.replace(".tar", "_stats.json")).read_text())
+        assert stats["written"] == len(samples)
+        fields = None
+        for sample in samples:
+            assert {"jpg", "txt", "json"} <= set(sample)
+            meta = json.loads(sample["json"])
+            assert fields is None or set(meta) == fields  # one schema for every sample
+            fields = set(meta)
+            assert meta["key"] == sample["__key__"] and "." not in meta["key"]
+            assert meta["caption"] == sample["txt"].decode("utf-8")
+            assert meta["queries"] and meta["language"] == "en"
+            assert meta["width"] == meta["height"] == 256
+    counts = pq.read_table(corpus / "query_counts.parquet").to_pylist()
+    assert all(r["matched"] >= r["kept"] >= r["written"] for r in counts)
+    assert sum(r["written"] for r in counts) >= sum(sizes.values())
+
+
+def test_rerun_on_another_runner_gives_byte_identical_shards(web, corpus, tmp_path):
+    # Beam options pass through; two worker processes split bundles differently from the
+    # in-memory runner, and the shards must not notice.
+    assert main(build_args(web, tmp_path, "--direct_running_mode", "multi_processing",
+                           "--direct_num_workers", "2")) == 0
+    for folder in ("shards",):
+        names = sorted(os.listdir(corpus / folder))
+        assert names == sorted(os.listdir(tmp_path / folder))
+        for name in names:
+            if name.endswith((".tar", ".parquet", "sizes.json")):
+                assert (corpus / folder / name).read_bytes() == \
+                    (tmp_path / folder / name).read_bytes(), name
+
+
+def test_resume_rewrites_only_incomplete_shards(web, corpus, tmp_path):
+    output = tmp_path / "resumed"
+    shutil.copytree(corpus, output)
+    shards = output / "shards"
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in shards.iterdir()}
+    victim = sorted(p for p in shards.glob("*.tar"))[0]
+    (shards / victim.name.replace(".tar", "_stats.json")).unlink()
+    victim.write_bytes(b"half a tar from a killed run")
+
+    assert main(build_args(web, output)) == 0
+    for path in shards.iterdir():
+        if path.name.endswith((".tar", ".parquet")):
+            content, mtime = before[path.name]
+            assert path.read_bytes() == content, path.name
+            rewritten = path.stem == victim.stem
+            assert (path.stat().st_mtime_ns != mtime) == rewritten, path.name
+    stats = json.loads((output / "stats.json").read_text())
+    assert stats["written"] == json.loads((corpus / "stats.json").read_text())["written"]
+    assert stats["shards"]["reused"] == stats["shards"]["planned"] - 1
+
+
+def test_demo_quick_from_the_command_line(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "demo", "--quick", "--samples", "300",
+         "--port", "0", "--output", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "read back" in completed.stdout and "written in" in completed.stdout
+    assert glob.glob(str(tmp_path / "corpus" / "shards" / "*.tar"))
