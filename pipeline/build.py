@@ -113,14 +113,8 @@ class BuildCorpus(beam.PTransform):
                 "num_shards": plan.num_shards,
                 "matched": matched.kept,
                 "kept": capped.kept,
-            } | "Summary" >> WriteSummary(output, run_config(config)),
+            } | "Summary" >> WriteSummary(output, dataclasses.asdict(config)),
         }
-
-
-def run_config(config: BuildConfig) -> dict:
-    as_dict = dataclasses.asdict(config)
-    as_dict["download"]["max_image_area"] = float(as_dict["download"]["max_image_area"])
-    return as_dict
 
 
 def with_local_runner(options: PipelineOptions) -> PipelineOptions:
@@ -170,6 +164,6 @@ def build(config: BuildConfig, options: PipelineOptions) -> dict:
 
 
 def run(argv: list[str] | None = None) -> dict:
+    """`openwit build`'s entry: openwit's and Beam's flags together, as on the command line."""
     options = PipelineOptions(argv)
-    config = BuildConfig.from_options(options)
-    return build(config, options)
+    return build(BuildConfig.from_options(options), options)

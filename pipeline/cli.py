@@ -35,18 +35,13 @@ def configure_logging(verbose: bool) -> None:
 
 
 def cmd_build(args, beam_args) -> int:
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    from pipeline.build import build
-    from pipeline.config import BuildConfig
+    from pipeline.build import run
     from pipeline.summary import format_summary
 
-    # Our own flags were parsed for --help and errors; Beam parses them again into
-    # BuildOptions so that the same values travel with the pipeline options.
-    options = PipelineOptions(args.raw_argv)
-    config = BuildConfig.from_options(options)
-    stats = build(config, options)
-    print(format_summary(stats, config.shards.output))
+    # argparse parsed our flags for --help and early errors; Beam parses them again into
+    # BuildOptions, so the same values travel with the pipeline options to every worker.
+    stats = run(args.raw_argv)
+    print(format_summary(stats, stats["config"]["shards"]["output"]))
     return 1 if stats.get("accounting_problems") else 0
 
 

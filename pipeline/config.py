@@ -91,6 +91,7 @@ class BuildConfig:
 
     @classmethod
     def from_options(cls, options: PipelineOptions) -> "BuildConfig":
+        reject_unknown_options(options)
         o = options.view_as(BuildOptions)
         if not o.candidates:
             raise ConfigError("--candidates is required (a file, a glob, or several)")
@@ -133,6 +134,15 @@ class BuildConfig:
             ),
             shards=ShardConfig(output=o.output.rstrip("/"), samples_per_shard=o.samples_per_shard),
         )
+
+
+def reject_unknown_options(options: PipelineOptions) -> None:
+    """Beam only warns about flags nobody defines; a misspelt openwit flag must stop the job."""
+    known = options.get_all_options(display_warnings=False)
+    given = options.get_all_options(display_warnings=False, retain_unknown_options=True)
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ConfigError("unknown option(s): " + ", ".join(f"--{name}" for name in unknown))
 
 
 def _flag(value: str) -> bool:

@@ -17,6 +17,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from pipeline.config import LanguageConfig
+from pipeline.progress import ProgressLog
 from pipeline.records import FAILED, KEPT, Reason, Stage, StageResult, tagged_failure
 
 UNDETERMINED = "und"  # ISO 639-2 "undetermined": detection was not asked for
@@ -62,22 +63,29 @@ class FilterLanguageFn(beam.DoFn):
     def setup(self):
         self._detector = LanguageDetector(self._config.seed)
         self._detected = Metrics.counter("openwit", "language.detected")
+        self._progress = ProgressLog("language")
+
+    def finish_bundle(self):
+        self._progress.log()
 
     def process(self, candidate):
         answer = self._detector.detect(candidate["caption"])
         self._detected.inc()
+        reason, detail = None, ""
         if answer is None:
-            yield tagged_failure(candidate, Stage.LANGUAGE, Reason.LANGUAGE_UNDETECTABLE)
+            reason = Reason.LANGUAGE_UNDETECTABLE
+        else:
+            language, probability = answer
+            detail = f"{language} p={probability:.2f}"
+            if language not in self._config.languages:
+                reason = Reason.LANGUAGE_NOT_WANTED
+            elif probability < self._config.min_probability:
+                reason = Reason.LANGUAGE_UNCERTAIN
+        if reason is not None:
+            self._progress.update(failed=1)
+            yield tagged_failure(candidate, Stage.LANGUAGE, reason, detail)
             return
-        language, probability = answer
-        if language not in self._config.languages:
-            yield tagged_failure(candidate, Stage.LANGUAGE, Reason.LANGUAGE_NOT_WANTED,
-                                 f"{language} p={probability:.2f}")
-            return
-        if probability < self._config.min_probability:
-            yield tagged_failure(candidate, Stage.LANGUAGE, Reason.LANGUAGE_UNCERTAIN,
-                                 f"{language} p={probability:.2f}")
-            return
+        self._progress.update(ok=1)
         yield {**candidate, "language": language, "language_prob": round(probability, 4)}
 
 

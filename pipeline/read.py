@@ -9,6 +9,7 @@ line, a CSV row with the wrong number of fields) are failures with a reason, nev
 from __future__ import annotations
 
 import bz2
+import contextlib
 import csv
 import gzip
 import io
@@ -141,15 +142,19 @@ class ParseUnit(beam.DoFn):
             else:
                 yield result
 
+    @contextlib.contextmanager
     def _open(self, path: str):
         # Python's own decompressors: pyarrow's CSV reader and TextIOWrapper need a real io
         # object, which Beam's CompressedFile is not.
-        raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-        if path.endswith(".gz"):
-            return gzip.GzipFile(fileobj=raw, mode="rb")
-        if path.endswith(".bz2"):
-            return bz2.BZ2File(raw, mode="rb")
-        return raw
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+            if path.endswith(".gz"):
+                with gzip.GzipFile(fileobj=raw, mode="rb") as f:
+                    yield f
+            elif path.endswith(".bz2"):
+                with bz2.BZ2File(raw, mode="rb") as f:
+                    yield f
+            else:
+                yield raw
 
     def _parquet(self, path, fmt, row_group):
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:

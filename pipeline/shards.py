@@ -32,6 +32,7 @@ from apache_beam.metrics import Metrics
 
 from pipeline import storage
 from pipeline.dedup import duplicate_image_failure
+from pipeline.progress import LOGGER
 from pipeline.records import FAILURE_SCHEMA, stable_hash64
 
 SHARDS_FOLDER = "shards"
@@ -258,6 +259,8 @@ class WriteShardFn(beam.DoFn):
         }
         # The completion marker: written last, so a shard with stats is a whole shard.
         storage.write_json_atomic(paths["stats"], stats)
+        LOGGER.info("shard %s written: %s samples, %s dropped", shard_name(shard),
+                    f"{len(written):,}", f"{len(failures):,}")
         self._shards.inc()
         self._samples.inc(len(written))
         yield stats
