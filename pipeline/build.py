@@ -19,6 +19,8 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
+from apache_beam.io.filesystems import FileSystems
+
 from pipeline import storage
 from pipeline.cap import CapPerQuery
 from pipeline.config import BuildConfig, ConfigError, validate
@@ -149,6 +151,8 @@ def prepare_output(config: BuildConfig) -> dict[int, dict]:
 
 def build(config: BuildConfig, options: PipelineOptions) -> dict:
     """Runs the build pipeline to completion and returns the corpus stats."""
+    # s3:// and gs:// take credentials and endpoints from the options, at launch too.
+    FileSystems.set_options(options)
     validate(config)
     check_inputs(config)
     completed = prepare_output(config)

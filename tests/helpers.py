@@ -77,6 +77,12 @@ class LocalSite:
                 sequence = [route, *route.then]
                 route = sequence[min(hit, len(sequence) - 1)]
                 time.sleep(route.delay_before)
+                try:
+                    self._respond(route)
+                except (BrokenPipeError, ConnectionResetError):
+                    return  # the client gave up first (timeout tests): expected
+
+            def _respond(self, route):
                 self.send_response(route.status)
                 for name, value in route.headers.items():
                     self.send_header(name, value)
@@ -87,13 +93,10 @@ class LocalSite:
                     return
                 pieces = 20
                 step = max(1, len(route.body) // pieces)
-                try:
-                    for start in range(0, len(route.body), step):
-                        self.wfile.write(route.body[start:start + step])
-                        self.wfile.flush()
-                        time.sleep(route.trickle_seconds / pieces)
-                except (BrokenPipeError, ConnectionResetError):
-                    return
+                for start in range(0, len(route.body), step):
+                    self.wfile.write(route.body[start:start + step])
+                    self.wfile.flush()
+                    time.sleep(route.trickle_seconds / pieces)
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True

@@ -1,0 +1,63 @@
+"""`openwit build` reading its lists from and writing its corpus to s3:// (a local moto server),
+through Beam's FileSystems and the standard --s3_* options."""
+
+import json
+import logging
+
+import pytest
+import webdataset as wds
+
+from pipeline.cli import main
+from pipeline.miniweb import MiniWeb, WorldConfig
+
+pytestmark = pytest.mark.slow
+
+CREDENTIALS = {"aws_access_key_id": "test", "aws_secret_access_key": "test",
+               "region_name": "us-east-1"}
+
+
+@pytest.fixture
+def s3():
+    boto3 = pytest.importorskip("boto3")
+    moto_server = pytest.importorskip("moto.server")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per S3 request
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    client = boto3.client("s3", endpoint_url=endpoint, **CREDENTIALS)
+    client.create_bucket(Bucket="corpus")
+    yield client, endpoint
+    server.stop()
+
+
+def test_build_from_and_to_s3(s3, tmp_path):
+    client, endpoint = s3
+    config = WorldConfig(samples=120, seed=0, slow_seconds=5.0, eval_images_per_class=1)
+    with MiniWeb(config, tmp_path / "web") as web:
+        client.upload_file(str(web.candidates_path), "corpus", "lists/part-0.parquet")
+        client.upload_file(str(web.queries_path), "corpus", "lists/queries.txt")
+        assert main([
+            "build", "--candidates", "s3://corpus/lists/part-*.parquet",
+            "--queries", "s3://corpus/lists/queries.txt", "--output", "s3://corpus/out",
+            "--allow-private-hosts", "true", "--timeout", "2", "--samples-per-shard", "40",
+            "--s3_endpoint_url", endpoint, "--s3_access_key_id", "test",
+            "--s3_secret_access_key", "test", "--s3_region_name", "us-east-1",
+        ]) == 0
+
+    def read(key):
+        return client.get_object(Bucket="corpus", Key=key)["Body"].read()
+
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket="corpus", Prefix="out/")["Contents"]}
+    assert not any(key.endswith(".inprogress") for key in keys)
+    sizes = json.loads(read("out/shards/sizes.json"))
+    assert sizes and all(f"out/shards/{name}" in keys for name in sizes)
+    for name, count in sizes.items():
+        local = tmp_path / name
+        local.write_bytes(read(f"out/shards/{name}"))
+        samples = list(wds.WebDataset(str(local), shardshuffle=False))
+        assert len(samples) == count and all({"jpg", "txt", "json"} <= set(s) for s in samples)
+    stats = json.loads(read("out/stats.json"))
+    assert stats["written"] == sum(sizes.values()) and stats["accounting_problems"] == []
+    assert "out/query_counts.parquet" in keys
+    assert any(key.startswith("out/failures/") for key in keys)
