@@ -13,11 +13,7 @@ import logging
 import time
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import (
-    DirectOptions,
-    PipelineOptions,
-    StandardOptions,
-)
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -120,13 +116,13 @@ class BuildCorpus(beam.PTransform):
 
 
 def with_local_runner(options: PipelineOptions) -> PipelineOptions:
-    """Beam's default runner first tries to download Prism; run locally unless told otherwise."""
+    """Beam's default runner first tries to download Prism; run locally unless told otherwise.
+
+    The DirectRunner runs in memory unless --direct_running_mode says otherwise.
+    """
     standard = options.view_as(StandardOptions)
     if standard.runner is None:
         standard.runner = "DirectRunner"
-        direct = options.view_as(DirectOptions)
-        if direct.direct_running_mode is None or direct.direct_running_mode == "in_memory":
-            direct.direct_running_mode = "in_memory"
     return options
 
 
