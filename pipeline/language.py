@@ -71,22 +71,25 @@ class FilterLanguageFn(beam.DoFn):
     def process(self, candidate):
         answer = self._detector.detect(candidate["caption"])
         self._detected.inc()
-        reason, detail = None, ""
-        if answer is None:
-            reason = Reason.LANGUAGE_UNDETECTABLE
-        else:
-            language, probability = answer
-            detail = f"{language} p={probability:.2f}"
-            if language not in self._config.languages:
-                reason = Reason.LANGUAGE_NOT_WANTED
-            elif probability < self._config.min_probability:
-                reason = Reason.LANGUAGE_UNCERTAIN
+        reason = self._rejection(answer)
         if reason is not None:
             self._progress.update(failed=1)
+            detail = "" if answer is None else f"{answer[0]} p={answer[1]:.2f}"
             yield tagged_failure(candidate, Stage.LANGUAGE, reason, detail)
             return
         self._progress.update(ok=1)
+        language, probability = answer
         yield {**candidate, "language": language, "language_prob": round(probability, 4)}
+
+    def _rejection(self, answer: tuple[str, float] | None) -> str | None:
+        if answer is None:
+            return Reason.LANGUAGE_UNDETECTABLE
+        language, probability = answer
+        if language not in self._config.languages:
+            return Reason.LANGUAGE_NOT_WANTED
+        if probability < self._config.min_probability:
+            return Reason.LANGUAGE_UNCERTAIN
+        return None
 
 
 class FilterLanguage(beam.PTransform):

@@ -25,12 +25,14 @@ def read_json(path: str):
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Write under a temporary name, then rename: readers see the whole file or nothing."""
+    """Write under a temporary name, then rename: readers see the whole file or nothing.
+
+    Every Beam filesystem's rename replaces an existing target (os.rename locally, copy on
+    s3:// and gs://), so an older version stays readable until the new one takes its place.
+    """
     temporary = path + TEMPORARY_SUFFIX
     with FileSystems.create(temporary, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         f.write(data)
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
     FileSystems.rename([temporary], [path])
 
 
