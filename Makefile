@@ -7,9 +7,26 @@ BIN := $(VENV)/bin
 export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_SILENT := true
 
-.PHONY: setup demo test clean
+WORDNET := /usr/share/wordnet/data.noun
 
-setup: $(VENV)/.installed
+.PHONY: setup wordnet demo test clean
+
+setup: $(VENV)/.installed wordnet
+
+# `openwit queries` reads WordNet's database files; Debian's wordnet-base puts them in
+# /usr/share/wordnet. Without root or apt-get the query table is built without WordNet.
+wordnet:
+	@if [ ! -e $(WORDNET) ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's wordnet-base (WordNet 3.0) for openwit queries"; \
+	    apt-get install -y --no-install-recommends wordnet-base >/dev/null 2>&1 || \
+	    (apt-get update >/dev/null 2>&1 && \
+	     apt-get install -y --no-install-recommends wordnet-base >/dev/null 2>&1) || \
+	    echo "note: wordnet-base did not install; openwit queries will run without WordNet"; \
+	  else \
+	    echo "note: no WordNet in /usr/share/wordnet; 'sudo apt-get install wordnet-base' adds it"; \
+	  fi; \
+	fi
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -1,4 +1,4 @@
-"""The `openwit` command: build, demo, web."""
+"""The `openwit` command: build, queries, demo, web."""
 
 from __future__ import annotations
 
@@ -15,6 +15,16 @@ Every Beam option passes through: --runner (default DirectRunner, in memory),
 
 Output folder: shards/NNNNNN.tar (+ .parquet, _stats.json, sizes.json), stats.json,
 query_counts.parquet, failures/*.parquet (every dropped candidate with its reason).
+"""
+
+
+QUERIES_EPILOG = """\
+With no source flags: unigrams from the wordfreq package's English list (Zipf >= 1.4, about
+100 occurrences in English Wikipedia) plus every WordNet lemma (when /usr/share/wordnet holds
+WordNet). With --wikipedia-dump: the paper's recipe (unigrams, PMI bigrams, article titles,
+filtered by --pageviews when given). Beam options pass through as for `openwit build`.
+
+Output folder: queries.parquet (id, query, sources, count, pmi, views, zipf), stats.json.
 """
 
 
@@ -45,6 +55,14 @@ def cmd_build(args, beam_args) -> int:
     return 1 if stats.get("accounting_problems") else 0
 
 
+def cmd_queries(args, beam_args) -> int:
+    from queries.build import format_stats, run
+
+    stats = run(args.raw_argv)
+    print(format_stats(stats, stats["config"]["table"]["output"]))
+    return 0
+
+
 def cmd_demo(args, beam_args) -> int:
     from pipeline.demo import DemoConfig, run_demo
 
@@ -71,6 +89,7 @@ DEMO_PORT = 8642
 
 def make_parser() -> argparse.ArgumentParser:
     from pipeline.config import add_build_arguments
+    from queries.config import add_queries_arguments
 
     parser = argparse.ArgumentParser(
         prog="openwit",
@@ -85,6 +104,13 @@ def make_parser() -> argparse.ArgumentParser:
     )
     add_build_arguments(build)
     build.set_defaults(handler=cmd_build)
+
+    queries = commands.add_parser(
+        "queries", help="build the concept query table (Wikipedia, WordNet, word frequencies)",
+        epilog=QUERIES_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_queries_arguments(queries)
+    queries.set_defaults(handler=cmd_queries)
 
     demo = commands.add_parser(
         "demo", help="generate and serve the local mini-web, then build a corpus from it"

@@ -145,7 +145,7 @@ def reject_unknown_options(options: PipelineOptions) -> None:
         raise ConfigError("unknown option(s): " + ", ".join(f"--{name}" for name in unknown))
 
 
-def _flag(value: str) -> bool:
+def parse_flag(value: str) -> bool:
     if value.lower() in ("1", "true", "yes", "on"):
         return True
     if value.lower() in ("0", "false", "no", "off"):
@@ -153,10 +153,32 @@ def _flag(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
 
 
+class _SharedFlagGroup:
+    """An argument group that skips a flag another openwit command already added.
+
+    Beam parses every PipelineOptions subclass's flags with one parser (to tell known from
+    unknown flags); `openwit build` and `openwit queries` share some (--output, --case-sensitive),
+    and argparse refuses the second definition.
+    """
+
+    def __init__(self, group):
+        self._group = group
+
+    def add_argument(self, *names, **kwargs):
+        try:
+            self._group.add_argument(*names, **kwargs)
+        except argparse.ArgumentError:
+            pass
+
+
+def flag_group(parser, title: str) -> _SharedFlagGroup:
+    return _SharedFlagGroup(parser.add_argument_group(title))
+
+
 def add_build_arguments(parser) -> None:
     """The flags of `openwit build`; shared by its --help and by `BuildOptions` parsing."""
     d = DownloadConfig()
-    g = parser.add_argument_group("input")
+    g = flag_group(parser, "input")
     g.add_argument("--candidates", action="append", default=None, metavar="PATH",
                    help="candidate list(s): parquet, csv, tsv or jsonl; a file or a glob, local or "
                         "any Beam filesystem (s3://, gs://); repeat for several")
@@ -169,11 +191,11 @@ def add_build_arguments(parser) -> None:
                    help="caption column (default: the first of caption, TEXT, text, alt, alt_text)")
     g.add_argument("--output", default=None, help="output folder (local or s3:// / gs://)")
 
-    g = parser.add_argument_group("text stages")
+    g = flag_group(parser, "text stages")
     g.add_argument("--queries", default=None,
                    help="query table: text (one per line) or parquet with a `query` column; "
                         "without it every caption is kept and no per-query cap applies")
-    g.add_argument("--case-sensitive", "--case_sensitive", type=_flag, default=False,
+    g.add_argument("--case-sensitive", "--case_sensitive", type=parse_flag, default=False,
                    help="match queries case-sensitively (default false)")
     g.add_argument("--max-caption-chars", "--max_caption_chars", type=int,
                    default=NormaliseConfig.max_caption_chars)
@@ -185,7 +207,7 @@ def add_build_arguments(parser) -> None:
                    help="at most this many samples per query (default 20000, as in the CLIP paper)")
     g.add_argument("--seed", type=int, default=0, help="seed for every random decision")
 
-    g = parser.add_argument_group("download")
+    g = flag_group(parser, "download")
     g.add_argument("--download-threads", "--download_threads", type=int, default=d.threads)
     g.add_argument("--timeout", type=float, default=d.timeout,
                    help="seconds for a whole response (a server that trickles bytes is cut off)")
@@ -198,20 +220,20 @@ def add_build_arguments(parser) -> None:
                    help="bot token in the User-Agent; X-Robots-Tag directives scoped to it apply")
     g.add_argument("--disallowed-header-directives", "--disallowed_header_directives",
                    default=",".join(d.disallowed_directives))
-    g.add_argument("--allow-private-hosts", "--allow_private_hosts", type=_flag, default=False,
+    g.add_argument("--allow-private-hosts", "--allow_private_hosts", type=parse_flag, default=False,
                    help="allow loopback/private/link-local targets (off: a crawler on a cloud "
                         "worker must not reach its metadata server)")
     g.add_argument("--image-size", "--image_size", type=int, default=d.image_size)
     g.add_argument("--resize-mode", "--resize_mode", default=d.resize_mode,
                    choices=["no", "keep_ratio", "keep_ratio_largest", "center_crop", "border"])
-    g.add_argument("--resize-only-if-bigger", "--resize_only_if_bigger", type=_flag, default=False)
+    g.add_argument("--resize-only-if-bigger", "--resize_only_if_bigger", type=parse_flag, default=False)
     g.add_argument("--encode-quality", "--encode_quality", type=int, default=d.encode_quality)
     g.add_argument("--min-image-size", "--min_image_size", type=int, default=d.min_image_size)
     g.add_argument("--max-image-area", "--max_image_area", type=float, default=d.max_image_area)
     g.add_argument("--max-aspect-ratio", "--max_aspect_ratio", type=float,
                    default=d.max_aspect_ratio)
 
-    g = parser.add_argument_group("output")
+    g = flag_group(parser, "output")
     g.add_argument("--samples-per-shard", "--samples_per_shard", type=int,
                    default=ShardConfig.samples_per_shard,
                    help="candidates per shard before download (img2dataset's convention)")

@@ -1,0 +1,86 @@
+"""The row every query source emits, and how rows for the same query merge into one.
+
+A source row is a plain dict:
+
+    query    the string as the source gives it ("Paris", "new york", "hot dog")
+    source   one of `Source.ORDER`
+    count    corpus count (Wikipedia unigram or bigram), else None
+    pmi      log2 PMI of a bigram, else None
+    views    page views of a title (None when no page-view file was given)
+    zipf     wordfreq's Zipf frequency of a word from its list, else None
+
+Rows merge on `merge_key`: NFC, whitespace collapsed and, unless case-sensitive, case-folded,
+so "Paris" (title), "paris" (unigram) and "PARIS" (user) are one query. The merged row shows
+the form of the most specific source (user, title, wordnet, bigram, unigram, in that order).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+import pyarrow as pa
+
+STATS = "stats"  # tag of the (name, count) pairs summed into stats.json
+
+
+class Source:
+    USER = "user"
+    TITLE = "title"
+    WORDNET = "wordnet"
+    BIGRAM = "bigram"
+    UNIGRAM = "unigram"
+
+    ORDER = (USER, TITLE, WORDNET, BIGRAM, UNIGRAM)  # whose spelling a merged row shows
+
+
+class Dropped:
+    STOP_LIST = "stop_list"
+    NO_WORD_CHARACTER = "no_word_character"  # "!", "--", emoji: MetaCLIP dropped punctuation
+
+
+TABLE_SCHEMA = pa.schema([
+    ("id", pa.int64()),
+    ("query", pa.string()),
+    ("sources", pa.list_(pa.string())),
+    ("count", pa.int64()),
+    ("pmi", pa.float64()),
+    ("views", pa.int64()),
+    ("zipf", pa.float64()),
+])
+STATISTICS = ("count", "pmi", "views", "zipf")
+
+
+def query_row(query: str, source: str, *, count=None, pmi=None, views=None, zipf=None) -> dict:
+    return {"query": query, "source": source, "count": count, "pmi": pmi, "views": views,
+            "zipf": zipf}
+
+
+def stat(name: str, value: int = 1) -> tuple[str, int]:
+    """One contribution to a summed counter in stats.json."""
+    return name, value
+
+
+def clean_query(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def merge_key(query: str, case_sensitive: bool) -> str:
+    cleaned = clean_query(query)
+    return cleaned if case_sensitive else cleaned.casefold()
+
+
+def has_word_character(query: str) -> bool:
+    return any(ch.isalnum() for ch in query)
+
+
+def merge_rows(rows: list[dict]) -> dict:
+    """One table row (without its id) from every source row of one merge key."""
+    rows = sorted(rows, key=lambda r: (Source.ORDER.index(r["source"]), clean_query(r["query"])))
+    merged = {
+        "query": clean_query(rows[0]["query"]),
+        "sources": sorted({r["source"] for r in rows}, key=Source.ORDER.index),
+    }
+    for name in STATISTICS:
+        values = [r[name] for r in rows if r[name] is not None]
+        merged[name] = max(values) if values else None
+    return merged
