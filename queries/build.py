@@ -35,6 +35,7 @@ from pipeline.config import ConfigError
 from queries.config import QueriesConfig
 from queries.pageviews import ReadPageviews, TitlesFromPageviews
 from queries.rows import (
+    MERGED_COLUMNS,
     STATS,
     TABLE_SCHEMA,
     Dropped,
@@ -62,7 +63,7 @@ def _merge_group(key_and_groups):
     if not rows:
         return
     merged = merge_rows(rows)
-    if not has_word_character(merged["query"]):
+    if not has_word_character(merged[0]):
         yield beam.pvalue.TaggedOutput(STATS, stat(f"dropped.{Dropped.NO_WORD_CHARACTER}"))
         return
     yield key, merged
@@ -78,7 +79,7 @@ class MergeQueryRows(beam.PTransform):
 
     def expand(self, rows):
         case_sensitive = self._case_sensitive
-        keyed = rows | "Key rows" >> beam.Map(lambda r: (merge_key(r["query"], case_sensitive), r))
+        keyed = rows | "Key rows" >> beam.Map(lambda r: (merge_key(r.query, case_sensitive), r))
         merged = (
             {"rows": keyed, "stop": self._stop_keys}
             | "Group by query" >> beam.CoGroupByKey()
@@ -87,19 +88,19 @@ class MergeQueryRows(beam.PTransform):
         return merged["merged"], merged[STATS]
 
 
-def source_counts(rows: list[dict]) -> dict:
+def source_counts(sources_column) -> dict:
     """Per source: rows it contributed to, and rows no other source gave."""
     in_table, only = collections.Counter(), collections.Counter()
-    for row in rows:
-        in_table.update(row["sources"])
-        if len(row["sources"]) == 1:
-            only[row["sources"][0]] += 1
+    for sources in sources_column:
+        in_table.update(sources)
+        if len(sources) == 1:
+            only[sources[0]] += 1
     return {source: {"rows": in_table[source], "only_this_source": only[source]}
             for source in Source.ORDER if in_table[source]}
 
 
-def table_bytes(rows: list[dict]) -> bytes:
-    table = pa.Table.from_pylist(rows, schema=TABLE_SCHEMA)
+def table_bytes(columns: dict) -> bytes:
+    table = pa.Table.from_pydict(columns, schema=TABLE_SCHEMA)
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
     return buffer.getvalue()
@@ -113,18 +114,19 @@ class WriteQueryTableFn(beam.DoFn):
         self._config = config_dict
 
     def process(self, keyed_rows: list, stat_pairs: list):
-        keyed_rows = sorted(keyed_rows, key=lambda kv: kv[0])
-        rows = [{"id": i, **row} for i, (_, row) in enumerate(keyed_rows)]
+        keyed_rows.sort(key=lambda kv: kv[0])
+        values = list(zip(*(row for _, row in keyed_rows))) or [()] * len(MERGED_COLUMNS)
+        columns = {"id": range(len(keyed_rows)), **dict(zip(MERGED_COLUMNS, values))}
         counts = collections.Counter()
         for name, value in stat_pairs:
             counts[name] += value
         stats = {
-            "rows": len(rows),
-            "by_source": source_counts(rows),
+            "rows": len(keyed_rows),
+            "by_source": source_counts(columns["sources"]),
             "counts": dict(sorted(counts.items())),
             "config": self._config,
         }
-        storage.write_bytes_atomic(storage.join(self._output, TABLE_FILE), table_bytes(rows))
+        storage.write_bytes_atomic(storage.join(self._output, TABLE_FILE), table_bytes(columns))
         storage.write_json_atomic(storage.join(self._output, STATS_FILE), stats)
         yield stats
 
@@ -172,7 +174,7 @@ class BuildQueryTable(beam.PTransform):
         )
         all_rows = sources | "All source rows" >> beam.Flatten()
         admitted = all_rows | "Admitted per source" >> beam.Map(
-            lambda r: stat(f"admitted.{r['source']}"))
+            lambda r: stat(f"admitted.{r.source}"))
         merged, merge_stats = all_rows | "Merge" >> MergeQueryRows(case_sensitive, stop_keys)
         all_stats = [*stats, admitted, merge_stats] | "All stats" >> beam.Flatten()
         return (

@@ -1,19 +1,21 @@
 """Queries from a Wikipedia pages-articles dump: frequent words, high-PMI bigrams, article titles.
 
-    dump files -> <page> elements (split by byte range when uncompressed)
-               -> parse (title, namespace, redirect, text)        malformed pages: counted
-               -> articles: strip markup -> token runs -> local counts -> CombinePerKey(sum)
-               -> unigrams >= min count; bigrams >= min count scored by PMI (two joins with
-                  the unigram counts, the token total as a side input)
-               -> titles of articles (namespace 0, not redirects), filtered by page views
+    pass 1: dump -> <page>s (split by byte range when uncompressed) -> parse  (bad pages counted)
+            -> article prose -> token runs -> word counts, N (tokens)  -> unigrams >= min count
+            -> article titles (namespace 0, not redirects), filtered by page views
+    pass 2: dump again -> bigrams whose two words are both eligible (see below) -> counts
+            -> PMI from two joins with the word counts -> bigrams >= min PMI
 
-The dump is streamed: a worker holds one page at a time plus its local n-gram counts, which it
-hands to Beam's combine at the end of a bundle or when they pass `max_cached_keys` entries.
-Memory therefore follows the number of distinct n-grams, not the size of the dump.
+PMI is nltk's (and so MetaCLIP's): log2(c(ab) * N / (c(a) * c(b))). Because c(ab) is at most
+min(c(a), c(b)), PMI <= log2(N / max(c(a), c(b))): a bigram can only reach the threshold T if
+both its words occur at most N / 2^T times (and at least the minimum bigram count). Pass 2
+counts only those bigrams, which is exact and keeps the bigram table small: with the paper's
+T = 30 on English Wikipedia's ~4 billion words, only words seen at most 3 times qualify. No
+bigram can score above log2(N) at all, so a small dump needs a lower `--min-bigram-pmi`.
 
-PMI is nltk's (and so MetaCLIP's): log2(count(a b) * N / (count(a) * count(b))), N the number
-of tokens. No bigram can score above log2(N), so the paper's threshold of 30 needs a corpus of
-over a billion words; a small dump needs a lower `--min-bigram-pmi`.
+The dump is streamed: a worker holds one page and its local counts, which it hands to Beam at
+the end of a bundle or when they reach `max_cached_keys` entries. Memory follows the number of
+distinct words (and eligible bigrams), not the size of the dump.
 """
 
 from __future__ import annotations
@@ -29,14 +31,17 @@ from apache_beam.io.filebasedsource import FileBasedSource
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsSingleton, TaggedOutput
-from apache_beam.transforms.window import GlobalWindows
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 
 from queries.config import TitleConfig, WikipediaConfig
 from queries.rows import STATS, Source, query_row, stat
-from queries.wikitext import bigrams, strip_markup, token_runs
+from queries.wikitext import strip_markup, token_runs, tokens
 
 ARTICLE_NAMESPACE = 0
 UNIGRAMS, BIGRAMS, TOKENS, ARTICLES = "unigrams", "bigrams", "tokens", "articles"
+PAGES = "pages"
 _DISAMBIGUATION = re.compile(r"\s+\([^()]*\)$")
 
 
@@ -114,58 +119,144 @@ class ParsePagesFn(beam.DoFn):
         yield page
 
 
-class CountNgramsFn(beam.DoFn):
-    """Counts unigrams and bigrams of article prose, combining locally before emitting."""
+class ReadWikipediaPages(beam.PTransform):
+    """Dump paths -> tagged outputs: PAGES (parsed pages) and STATS (unparseable pages)."""
+
+    def __init__(self, dumps: tuple[str, ...]):
+        super().__init__()
+        self._dumps = dumps
+
+    def expand(self, pbegin):
+        raw = [
+            pbegin | f"Read dump {i}" >> beam.io.Read(WikipediaDumpSource(pattern))
+            for i, pattern in enumerate(self._dumps)
+        ] | "All pages" >> beam.Flatten()
+        return raw | "Parse pages" >> beam.ParDo(ParsePagesFn()).with_outputs(STATS, main=PAGES)
+
+
+def article_prose(page: dict, case_sensitive: bool) -> str | None:
+    """The prose of an article (namespace 0, not a redirect), case-folded unless asked not to."""
+    if page["ns"] != ARTICLE_NAMESPACE or page["redirect"]:
+        return None
+    text = strip_markup(page["text"])
+    return text if case_sensitive else text.casefold()
+
+
+class _LocalCountsFn(beam.DoFn):
+    """Sums counts locally and hands them on at the end of a bundle, or earlier when the local
+    table reaches `max_cached_keys` entries (Beam then adds up the partial sums)."""
 
     def __init__(self, case_sensitive: bool, max_cached_keys: int):
         self._case_sensitive = case_sensitive
         self._max_cached_keys = max_cached_keys
 
     def start_bundle(self):
-        self._unigrams = collections.Counter()
-        self._bigrams = collections.Counter()
+        self._counts = collections.Counter()
         self._tokens = 0
         self._articles = 0
 
-    def process(self, page: dict):
-        if page["ns"] != ARTICLE_NAMESPACE or page["redirect"]:
-            return
-        text = strip_markup(page["text"])
-        if not self._case_sensitive:
-            text = text.casefold()
-        for run in token_runs(text):
-            self._unigrams.update(run)
-            self._bigrams.update(bigrams(run))
-            self._tokens += len(run)
-        self._articles += 1
-        if len(self._unigrams) + len(self._bigrams) >= self._max_cached_keys:
+    def finish_bundle(self):
+        # finish_bundle must name each output's window; a WindowedValue built directly is
+        # several times cheaper than GlobalWindows.windowed_value.
+        window, timestamp = (GlobalWindow(),), MIN_TIMESTAMP
+        for output in self._flush():
+            if isinstance(output, TaggedOutput):
+                yield TaggedOutput(output.tag, WindowedValue(output.value, timestamp, window))
+            else:
+                yield WindowedValue(output, timestamp, window)
+
+    def _flush_if_full(self):
+        if len(self._counts) >= self._max_cached_keys:
             yield from self._flush()
 
-    def finish_bundle(self):
-        for output in self._flush():
-            tag, value = (output.tag, output.value) if isinstance(output, TaggedOutput) else (
-                None, output)
-            windowed = GlobalWindows.windowed_value(value)
-            yield windowed if tag is None else TaggedOutput(tag, windowed)
-
     def _flush(self):
-        yield from self._unigrams.items()
-        for bigram, count in self._bigrams.items():
-            yield TaggedOutput(BIGRAMS, (bigram, count))
+        yield from self._counts.items()
         yield TaggedOutput(TOKENS, self._tokens)
         yield TaggedOutput(ARTICLES, self._articles)
         self.start_bundle()
 
 
-class NgramCounts(typing.NamedTuple):
+class CountUnigramsFn(_LocalCountsFn):
+    """First pass: word counts, the number of tokens (N) and of articles."""
+
+    def process(self, page: dict):
+        prose = article_prose(page, self._case_sensitive)
+        if prose is None:
+            return
+        words = tokens(prose)
+        self._counts.update(words)
+        self._tokens += len(words)
+        self._articles += 1
+        yield from self._flush_if_full()
+
+
+class WordSet(typing.NamedTuple):
+    """Words eligible for bigrams, stored as whichever of the set or its complement is smaller."""
+
+    words: frozenset
+    listed_are_eligible: bool
+
+    def __contains__(self, word) -> bool:
+        return (word in self.words) == self.listed_are_eligible
+
+
+class CountBigramsFn(_LocalCountsFn):
+    """Second pass: counts of the bigrams whose two words are both eligible."""
+
+    def process(self, page: dict, eligible: WordSet):
+        prose = article_prose(page, self._case_sensitive)
+        if prose is None:
+            return
+        listed, listed_are_eligible = eligible
+        counts = self._counts
+        for run in token_runs(prose):
+            previous = None  # the last token, when it was eligible
+            for word in run:
+                if (word in listed) == listed_are_eligible:
+                    if previous is not None:
+                        counts[f"{previous} {word}"] += 1
+                    previous = word
+                else:
+                    previous = None
+        yield from self._flush_if_full()
+
+
+def max_word_count_for_pmi(tokens: int, min_pmi: float) -> int:
+    """The largest word count a bigram's words can have and still reach `min_pmi`.
+
+    c(ab) <= min(c(a), c(b)), so PMI = log2(c(ab) N / (c(a) c(b))) <= log2(N / max(c(a), c(b))):
+    a word seen more than N / 2^min_pmi times is in no bigram that reaches the threshold.
+    """
+    return math.floor(tokens / 2.0 ** min_pmi * (1 + 1e-9))
+
+
+def eligible_word_set(groups) -> WordSet:
+    """From [(eligible?, [words])] groups, the smaller side as a WordSet."""
+    by_flag = {flag: frozenset(words) for flag, words in groups}
+    eligible, ineligible = by_flag.get(True, frozenset()), by_flag.get(False, frozenset())
+    if len(eligible) <= len(ineligible):
+        return WordSet(eligible, True)
+    return WordSet(ineligible, False)
+
+
+class SumPerKey(beam.PTransform):
+    """(key, partial count) -> (key, total). Workers already summed their share locally, so a
+    key arrives about once per flush: a plain GroupByKey spares the lifted combine's second
+    in-memory table of every key."""
+
+    def expand(self, pairs):
+        return (pairs | "Group" >> beam.GroupByKey()
+                | "Sum" >> beam.MapTuple(lambda key, counts: (key, sum(counts))))
+
+
+class UnigramCounts(typing.NamedTuple):
     unigrams: beam.PCollection  # (token, count), one per distinct token
-    bigrams: beam.PCollection  # ("a b", count), one per distinct bigram
     tokens: beam.PCollection  # one int: the number of tokens (N in PMI)
     stats: beam.PCollection  # (name, value) pairs
 
 
-class CountWikipediaNgrams(beam.PTransform):
-    """Parsed pages -> corpus-wide unigram and bigram counts of the articles' prose."""
+class CountWikipediaUnigrams(beam.PTransform):
+    """Parsed pages -> corpus-wide word counts of the articles' prose."""
 
     def __init__(self, config: WikipediaConfig):
         super().__init__()
@@ -173,21 +264,50 @@ class CountWikipediaNgrams(beam.PTransform):
 
     def expand(self, pages):
         local = pages | "Count locally" >> beam.ParDo(
-            CountNgramsFn(self._config.case_sensitive, self._config.max_cached_keys)
-        ).with_outputs(BIGRAMS, TOKENS, ARTICLES, main=UNIGRAMS)
-        unigrams = local[UNIGRAMS] | "Sum unigrams" >> beam.CombinePerKey(sum)
-        bigram_counts = local[BIGRAMS] | "Sum bigrams" >> beam.CombinePerKey(sum)
+            CountUnigramsFn(self._config.case_sensitive, self._config.max_cached_keys)
+        ).with_outputs(TOKENS, ARTICLES, main=UNIGRAMS)
+        unigrams = local[UNIGRAMS] | "Sum unigrams" >> SumPerKey()
         tokens = local[TOKENS] | "Sum tokens" >> beam.CombineGlobally(sum)
-        articles = local[ARTICLES] | "Sum articles" >> beam.CombineGlobally(sum)
         stats = (
             tokens | "Token stat" >> beam.Map(lambda n: ("wikipedia.tokens", n)),
-            articles | "Article stat" >> beam.Map(lambda n: ("wikipedia.articles", n)),
-            unigrams | "Distinct unigrams" >> beam.combiners.Count.Globally()
-            | "Unigram stat" >> beam.Map(lambda n: ("wikipedia.distinct_unigrams", n)),
-            bigram_counts | "Distinct bigrams" >> beam.combiners.Count.Globally()
-            | "Bigram stat" >> beam.Map(lambda n: ("wikipedia.distinct_bigrams", n)),
-        ) | "Ngram stats" >> beam.Flatten()
-        return NgramCounts(unigrams, bigram_counts, tokens, stats)
+            local[ARTICLES] | "Article stat" >> beam.Map(lambda n: ("wikipedia.articles", n)),
+            unigrams | "Unigram stat" >> beam.Map(lambda _: ("wikipedia.distinct_unigrams", 1)),
+        ) | "Unigram stats" >> beam.Flatten()
+        return UnigramCounts(unigrams, tokens, stats)
+
+
+class CountEligibleBigrams(beam.PTransform):
+    """Second pass over the dump: counts of bigrams that can still reach the PMI threshold."""
+
+    def __init__(self, config: WikipediaConfig, counts: UnigramCounts):
+        super().__init__()
+        self._config = config
+        self._counts = counts
+
+    def expand(self, pages):
+        config = self._config
+        max_count = self._counts.tokens | "Max word count" >> beam.Map(
+            max_word_count_for_pmi, min_pmi=config.min_bigram_pmi)
+        min_count = config.min_bigram_count
+        flagged = self._counts.unigrams | "Flag eligible words" >> beam.Map(
+            lambda kv, most: (min_count <= kv[1] <= most, kv[0]), most=AsSingleton(max_count))
+        word_set = (
+            flagged
+            | "Group by eligibility" >> beam.GroupByKey()
+            | "Both groups" >> beam.combiners.ToList()
+            | "Smaller side" >> beam.Map(eligible_word_set)
+        )
+        local = pages | "Count locally" >> beam.ParDo(
+            CountBigramsFn(config.case_sensitive, config.max_cached_keys),
+            eligible=AsSingleton(word_set),
+        ).with_outputs(TOKENS, ARTICLES, main=BIGRAMS)
+        bigram_counts = local[BIGRAMS] | "Sum bigrams" >> SumPerKey()
+        stats = (
+            bigram_counts | "Bigram stat" >> beam.Map(lambda _: ("wikipedia.bigrams_scored", 1)),
+            flagged | "Eligible stat" >> beam.Filter(lambda kv: kv[0])
+            | "Count eligible" >> beam.Map(lambda _: ("wikipedia.words_eligible_for_bigrams", 1)),
+        ) | "Bigram stats" >> beam.Flatten()
+        return bigram_counts, stats
 
 
 def pmi(bigram_count: int, first_count: int, second_count: int, tokens: int) -> float:
@@ -223,7 +343,7 @@ class BigramQueries(beam.PTransform):
     holds the vocabulary (English Wikipedia has millions of distinct words).
     """
 
-    def __init__(self, config: WikipediaConfig, counts: NgramCounts):
+    def __init__(self, config: WikipediaConfig, counts: UnigramCounts):
         super().__init__()
         self._config = config
         self._counts = counts
@@ -305,14 +425,10 @@ class WikipediaQueries(beam.PTransform):
 
     def expand(self, pbegin):
         config = self._config
-        raw = [
-            pbegin | f"Read dump {i}" >> beam.io.Read(WikipediaDumpSource(pattern))
-            for i, pattern in enumerate(config.dumps)
-        ] | "All dump pages" >> beam.Flatten()
-        parsed = raw | "Parse pages" >> beam.ParDo(ParsePagesFn()).with_outputs(
-            STATS, main="pages")
-        pages = parsed["pages"]
-        counts = pages | "Count ngrams" >> CountWikipediaNgrams(config)
+        # Pass 1: words, the token count and titles.
+        first = pbegin | "First pass" >> ReadWikipediaPages(config.dumps)
+        pages = first[PAGES]
+        counts = pages | "Count unigrams" >> CountWikipediaUnigrams(config)
         min_unigrams = config.min_unigram_count
         unigram_rows = (
             counts.unigrams
@@ -320,12 +436,18 @@ class WikipediaQueries(beam.PTransform):
             | "Unigram rows" >> beam.MapTuple(
                 lambda word, n: query_row(word, Source.UNIGRAM, count=n))
         )
-        bigram_rows = counts.bigrams | "Bigrams by PMI" >> BigramQueries(config, counts)
         title_rows = pages | "Titles" >> TitleQueries(self._titles, self._views)
+        # Pass 2 reads the dump again rather than keeping pass 1's pages: a stage that waits
+        # for a side input cannot fuse with the read, and the runner would hold every page.
+        second = pbegin | "Second pass" >> ReadWikipediaPages(config.dumps)
+        bigram_counts, bigram_stats = second[PAGES] | "Count bigrams" >> CountEligibleBigrams(
+            config, counts)
+        bigram_rows = bigram_counts | "Bigrams by PMI" >> BigramQueries(config, counts)
         page_stats = (
             pages | "Page stat" >> beam.Map(lambda _: ("wikipedia.pages", 1)),
-            parsed[STATS],
+            first[STATS],
             counts.stats,
+            bigram_stats,
         ) | "Wikipedia stats" >> beam.Flatten()
         rows = (unigram_rows, bigram_rows, title_rows) | "Wikipedia rows" >> beam.Flatten()
         return rows, page_stats

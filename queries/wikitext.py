@@ -90,6 +90,11 @@ _RUN_BREAK = re.compile(r"[^\w\s'’\-]+|\n+")
 _TOKEN = re.compile(r"[^\W_]+(?:['’\-][^\W_]+)*")
 
 
+def tokens(text: str) -> list[str]:
+    """Every token of the text (for word counts, where runs do not matter)."""
+    return _TOKEN.findall(text)
+
+
 def token_runs(text: str) -> list[list[str]]:
     """Tokens of the text, grouped into runs that no punctuation or line break interrupts."""
     runs = []

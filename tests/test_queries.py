@@ -16,7 +16,15 @@ from pipeline.cli import main
 from queries.config import TitleConfig, WikipediaConfig, WordNetConfig
 from queries.pageviews import ReadPageviews, TitlesFromPageviews, parse_pageview_line, project_codes
 from queries.rows import Source, merge_key, merge_rows, query_row
-from queries.wikipedia import WikipediaDumpSource, WikipediaQueries, parse_page, pmi, title_query
+from queries.wikipedia import (
+    WikipediaDumpSource,
+    WikipediaQueries,
+    eligible_word_set,
+    max_word_count_for_pmi,
+    parse_page,
+    pmi,
+    title_query,
+)
 from queries.wikitext import bigrams, strip_markup, token_runs
 from queries.wordnet import WordNetQueries, synset_lemmas
 
@@ -124,19 +132,24 @@ def test_wikipedia_unigrams_bigrams_and_titles(tmp_path):
         for b, n in pairs.items()
         if n >= 2 and pmi(n, unigrams[b.split()[0]], unigrams[b.split()[1]], TOKENS) >= 3.4)
     assert [b for b, _, _ in expected_bigrams] == ["in new", "new york", "red fox", "red panda", "the red"]
+    # Only words seen 2..floor(139 / 2^3.4) = 13 times can be in a bigram that reaches 3.4.
+    assert max_word_count_for_pmi(TOKENS, 3.4) == 13
+    eligible = {w for w, n in unigrams.items() if 2 <= n <= 13}
+    assert {"is", "lake", "deep"}.isdisjoint(eligible) and {"red", "fox", "a"} <= eligible
+    scored = {b for b in pairs if set(b.split()) <= eligible}
     article_titles = [title_query(p.title, False) for p in wiki.ARTICLES + wiki.PADDING]
     assert "Mercury" in article_titles and "Star Trek: The Original Series" in article_titles
 
     with beam_test_pipeline() as p:
         rows, stats = p | WikipediaQueries(config, TitleConfig())
         by_source = lambda source: rows | f"Only {source}" >> beam.Filter(
-            lambda r: r["source"] == source)
-        assert_that(by_source(Source.UNIGRAM) | "U" >> beam.Map(lambda r: (r["query"], r["count"])),
+            lambda r: r.source == source)
+        assert_that(by_source(Source.UNIGRAM) | "U" >> beam.Map(lambda r: (r.query, r.count)),
                     equal_to(expected_unigrams), label="unigrams")
         assert_that(by_source(Source.BIGRAM) | "B" >> beam.Map(
-            lambda r: (r["query"], r["count"], r["pmi"])), equal_to(expected_bigrams),
+            lambda r: (r.query, r.count, r.pmi)), equal_to(expected_bigrams),
             label="bigrams")
-        assert_that(by_source(Source.TITLE) | "T" >> beam.Map(lambda r: (r["query"], r["views"])),
+        assert_that(by_source(Source.TITLE) | "T" >> beam.Map(lambda r: (r.query, r.views)),
                     equal_to([(t, None) for t in article_titles]), label="titles")
         assert_that(stats | beam.CombinePerKey(sum), equal_to([
             ("wikipedia.pages", len(wiki.all_pages())),
@@ -144,8 +157,35 @@ def test_wikipedia_unigrams_bigrams_and_titles(tmp_path):
             ("wikipedia.articles", len(wiki.ARTICLES) + len(wiki.PADDING)),
             ("wikipedia.tokens", TOKENS),
             ("wikipedia.distinct_unigrams", len(unigrams)),
-            ("wikipedia.distinct_bigrams", len(pairs)),
+            ("wikipedia.words_eligible_for_bigrams", len(eligible)),
+            ("wikipedia.bigrams_scored", len(scored)),
         ]), label="stats")
+
+
+@pytest.mark.parametrize("min_pmi, min_count", [(0.5, 1), (3.0, 1), (3.4, 2), (5.5, 1), (7.2, 1),
+                                                (8.0, 1)])
+def test_pruned_bigram_pass_finds_exactly_what_scoring_every_bigram_finds(
+        tmp_path, min_pmi, min_count):
+    unigrams, pairs = wiki.reference_counts(PROSE)
+    brute_force = sorted(
+        b for b, n in pairs.items() if n >= min_count
+        and pmi(n, unigrams[b.split()[0]], unigrams[b.split()[1]], TOKENS) >= min_pmi)
+    config = WikipediaConfig(dumps=(wiki.write_dump(tmp_path / "dump.xml"),),
+                             min_unigram_count=10**6, min_bigram_count=min_count,
+                             min_bigram_pmi=min_pmi)
+    with beam_test_pipeline() as p:
+        rows, _ = p | WikipediaQueries(config, TitleConfig())
+        assert_that(rows | beam.Filter(lambda r: r.source == Source.BIGRAM)
+                    | beam.Map(lambda r: r.query), equal_to(brute_force))
+
+
+def test_word_set_stores_the_smaller_side():
+    small_eligible = eligible_word_set([(True, ["a"]), (False, ["b", "c"])])
+    small_ineligible = eligible_word_set([(True, ["a", "b"]), (False, ["c"])])
+    assert small_eligible.words == {"a"} and small_ineligible.words == {"c"}
+    for words in (small_eligible, small_ineligible):
+        assert "a" in words and "c" not in words
+    assert "x" not in eligible_word_set([(False, ["x"])])
 
 
 def test_local_counts_flushed_early_sum_to_the_same(tmp_path):
@@ -155,8 +195,8 @@ def test_local_counts_flushed_early_sum_to_the_same(tmp_path):
     unigrams, _ = wiki.reference_counts(PROSE)
     with beam_test_pipeline() as p:
         rows, _ = p | WikipediaQueries(config, TitleConfig())
-        assert_that(rows | beam.Filter(lambda r: r["source"] == Source.UNIGRAM)
-                    | beam.Map(lambda r: (r["query"], r["count"])),
+        assert_that(rows | beam.Filter(lambda r: r.source == Source.UNIGRAM)
+                    | beam.Map(lambda r: (r.query, r.count)),
                     equal_to(list(unigrams.items())))
 
 
@@ -165,8 +205,8 @@ def test_case_sensitive_counting_keeps_capitals(tmp_path):
                              min_unigram_count=4, case_sensitive=True, min_bigram_pmi=99)
     with beam_test_pipeline() as p:
         rows, _ = p | WikipediaQueries(config, TitleConfig())
-        assert_that(rows | beam.Filter(lambda r: r["source"] == Source.UNIGRAM)
-                    | beam.Map(lambda r: r["query"]),
+        assert_that(rows | beam.Filter(lambda r: r.source == Source.UNIGRAM)
+                    | beam.Map(lambda r: r.query),
                     equal_to(["fox", "red", "New", "York", "is", "a", "Lake", "deep", "panda"]))
 
 
@@ -178,7 +218,7 @@ def test_titles_filtered_by_page_views(tmp_path):
     with beam_test_pipeline() as p:
         views, view_stats = p | ReadPageviews(titles)
         rows, _ = p | WikipediaQueries(config, titles, views)
-        assert_that(rows | beam.Map(lambda r: (r["query"], r["source"], r["views"])), equal_to([
+        assert_that(rows | beam.Map(lambda r: (r.query, r.source, r.views)), equal_to([
             ("Red fox", Source.TITLE, 110),        # 60 desktop + 50 mobile
             ("New York City", Source.TITLE, 75),   # the hour of 49 does not count
             ("Mercury", Source.TITLE, 80),
@@ -199,7 +239,7 @@ def test_titles_from_page_views_alone_skip_other_namespaces(tmp_path):
     with beam_test_pipeline() as p:
         views, _ = p | ReadPageviews(titles)
         rows = views | TitlesFromPageviews(titles)
-        assert_that(rows | beam.Map(lambda r: r["query"]), equal_to(
+        assert_that(rows | beam.Map(lambda r: r.query), equal_to(
             ["Red fox", "New York City", "Mercury", "Star Trek: The Original Series",
              "Not In Dump"]))
 
@@ -247,7 +287,7 @@ def test_wordnet_source(tmp_path, lemmas, expected):
     config = WordNetConfig(folder=wiki.write_wordnet(tmp_path / "wn"), lemmas=lemmas)
     with beam_test_pipeline() as p:
         rows, stats = p | WordNetQueries(config)
-        assert_that(rows | beam.Map(lambda r: r["query"]), equal_to(expected), label="rows")
+        assert_that(rows | beam.Map(lambda r: r.query), equal_to(expected), label="rows")
         assert_that(stats | beam.CombinePerKey(sum), equal_to(
             [("wordnet.synsets", 6), ("wordnet.failed.malformed_line", 1)]), label="stats")
 
@@ -256,8 +296,7 @@ def test_merge_rows_prefers_the_most_specific_spelling_and_keeps_every_statistic
     rows = [query_row("red  fox", Source.BIGRAM, count=2, pmi=3.5),
             query_row("Red fox", Source.TITLE, views=110),
             query_row("red fox", Source.WORDNET)]
-    assert merge_rows(rows) == {"query": "Red fox", "sources": ["title", "wordnet", "bigram"],
-                                "count": 2, "pmi": 3.5, "views": 110, "zipf": None}
+    assert merge_rows(rows) == ("Red fox", ("title", "wordnet", "bigram"), 2, 3.5, 110, None)
     assert merge_key("  Red\u00a0FOX ", case_sensitive=False) == "red fox"
     assert merge_key("Red FOX", case_sensitive=True) == "Red FOX"
 
