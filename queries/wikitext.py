@@ -103,8 +103,3 @@ def token_runs(text: str) -> list[list[str]]:
         if tokens:
             runs.append(tokens)
     return runs
-
-
-def bigrams(tokens: list[str]) -> list[str]:
-    """Adjacent pairs of one run, joined by a space (the query string they would form)."""
-    return [f"{first} {second}" for first, second in zip(tokens, tokens[1:])]

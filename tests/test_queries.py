@@ -25,7 +25,7 @@ from queries.wikipedia import (
     pmi,
     title_query,
 )
-from queries.wikitext import bigrams, strip_markup, token_runs
+from queries.wikitext import strip_markup, token_runs
 from queries.wordnet import WordNetQueries, synset_lemmas
 
 # --- markup and tokens -----------------------------------------------------------------------
@@ -67,7 +67,6 @@ def test_strip_markup_survives_unbalanced_markup():
 def test_token_runs_break_at_punctuation_and_lines():
     assert token_runs("Île-de-France, don't stop; the 1990s\nnew line") == [
         ["Île-de-France"], ["don't", "stop"], ["the", "1990s"], ["new", "line"]]
-    assert bigrams(["a", "b", "c"]) == ["a b", "b c"]
     assert token_runs("--- ... !!") == []
 
 
