@@ -181,13 +181,9 @@ class BuildQueryTable(beam.PTransform):
             merged
             | "One table" >> beam.combiners.ToList()
             | "Write table" >> beam.ParDo(
-                WriteQueryTableFn(config.table.output, _config_dict(config)),
+                WriteQueryTableFn(config.table.output, dataclasses.asdict(config)),
                 AsList(all_stats | "Sum stats" >> beam.CombinePerKey(sum)))
         )
-
-
-def _config_dict(config: QueriesConfig) -> dict:
-    return dataclasses.asdict(config)
 
 
 def check_inputs(config: QueriesConfig) -> None:

@@ -40,7 +40,7 @@ from queries.rows import STATS, Source, query_row, stat
 from queries.wikitext import strip_markup, token_runs, tokens
 
 ARTICLE_NAMESPACE = 0
-UNIGRAMS, BIGRAMS, TOKENS, ARTICLES = "unigrams", "bigrams", "tokens", "articles"
+UNIGRAMS, TOKENS, ARTICLES = "unigrams", "tokens", "articles"
 PAGES = "pages"
 _DISAMBIGUATION = re.compile(r"\s+\([^()]*\)$")
 
@@ -152,8 +152,6 @@ class _LocalCountsFn(beam.DoFn):
 
     def start_bundle(self):
         self._counts = collections.Counter()
-        self._tokens = 0
-        self._articles = 0
 
     def finish_bundle(self):
         # finish_bundle must name each output's window; a WindowedValue built directly is
@@ -171,13 +169,25 @@ class _LocalCountsFn(beam.DoFn):
 
     def _flush(self):
         yield from self._counts.items()
-        yield TaggedOutput(TOKENS, self._tokens)
-        yield TaggedOutput(ARTICLES, self._articles)
+        yield from self._totals()
         self.start_bundle()
+
+    def _totals(self):
+        """Tagged outputs a subclass sums beside its counts."""
+        return ()
 
 
 class CountUnigramsFn(_LocalCountsFn):
     """First pass: word counts, the number of tokens (N) and of articles."""
+
+    def start_bundle(self):
+        super().start_bundle()
+        self._tokens = 0
+        self._articles = 0
+
+    def _totals(self):
+        yield TaggedOutput(TOKENS, self._tokens)
+        yield TaggedOutput(ARTICLES, self._articles)
 
     def process(self, page: dict):
         prose = article_prose(page, self._case_sensitive)
@@ -297,11 +307,13 @@ class CountEligibleBigrams(beam.PTransform):
             | "Both groups" >> beam.combiners.ToList()
             | "Smaller side" >> beam.Map(eligible_word_set)
         )
-        local = pages | "Count locally" >> beam.ParDo(
-            CountBigramsFn(config.case_sensitive, config.max_cached_keys),
-            eligible=AsSingleton(word_set),
-        ).with_outputs(TOKENS, ARTICLES, main=BIGRAMS)
-        bigram_counts = local[BIGRAMS] | "Sum bigrams" >> SumPerKey()
+        bigram_counts = (
+            pages
+            | "Count locally" >> beam.ParDo(
+                CountBigramsFn(config.case_sensitive, config.max_cached_keys),
+                eligible=AsSingleton(word_set))
+            | "Sum bigrams" >> SumPerKey()
+        )
         stats = (
             bigram_counts | "Bigram stat" >> beam.Map(lambda _: ("wikipedia.bigrams_scored", 1)),
             flagged | "Eligible stat" >> beam.Filter(lambda kv: kv[0])
