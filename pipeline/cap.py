@@ -1,4 +1,7 @@
-"""Stage 6: at most `per_query_cap` samples per query, deterministic for a seed.
+"""The exact cap: at most `per_query_cap` samples per query, deterministic for a seed.
+
+It runs after download and image dedup (`FinalCap`), where balancing's over-sampling is
+brought back to the cap on the samples that actually made it.
 
 Queries are counted first. Each query with more than `cap` candidates (an over-full query)
 keeps the `cap` candidates that matter most to the rest of the corpus: those whose rarest
@@ -43,29 +46,22 @@ def _threshold(cap: int):
     return of
 
 
-class ApplyCapFn(beam.DoFn):
-    def __init__(self, seed: int):
-        self._seed = seed
-
-    def setup(self):
-        self._capped = Metrics.counter("openwit", "cap.dropped")
-
-    def process(self, candidate, counts, thresholds):
-        if not candidate["queries"]:
-            yield candidate
-            return
-        priority = cap_priority(self._seed, candidate, counts)
-        for query in candidate["queries"]:
-            limit = thresholds.get(query)
-            if limit is not None and priority > limit:
-                self._capped.inc()
-                yield tagged_failure(candidate, Stage.CAP, Reason.OVER_QUERY_CAP,
-                                     f"query {query!r} is over its cap")
-                return
-        yield candidate
+def over_cap_query(candidate: dict, counts: dict, thresholds: dict, seed: int) -> str | None:
+    """The first over-full query that does not keep this candidate, or None."""
+    if not candidate["queries"]:
+        return None
+    priority = cap_priority(seed, candidate, counts)
+    for query in candidate["queries"]:
+        limit = thresholds.get(query)
+        if limit is not None and priority > limit:
+            return query
+    return None
 
 
-class CapPerQuery(beam.PTransform):
+class CapThresholds(beam.PTransform):
+    """Candidates -> (counts, thresholds): (query, count) and (query, largest kept priority)
+    for every query with more than `cap` candidates."""
+
     def __init__(self, config: CapConfig):
         super().__init__()
         self._config = config
@@ -77,7 +73,6 @@ class CapPerQuery(beam.PTransform):
             | "Queries" >> beam.FlatMap(lambda c: [(q, 1) for q in c["queries"]])
             | "Count per query" >> beam.CombinePerKey(sum)
         )
-        counts_by_query = beam.pvalue.AsDict(counts)
 
         def priorities_in_full_queries(candidate, counts):
             if not any(counts[q] > cap for q in candidate["queries"]):
@@ -88,12 +83,70 @@ class CapPerQuery(beam.PTransform):
         thresholds = (
             candidates
             | "Priority per over-full query" >> beam.FlatMap(
-                priorities_in_full_queries, counts=counts_by_query
+                priorities_in_full_queries, counts=beam.pvalue.AsDict(counts)
             )
             | "Most needed" >> beam.combiners.Top.SmallestPerKey(cap)
             | "Threshold" >> beam.FlatMap(_threshold(cap))
         )
+        return counts, thresholds
+
+
+class ApplyCapFn(beam.DoFn):
+    def __init__(self, seed: int):
+        self._seed = seed
+
+    def setup(self):
+        self._capped = Metrics.counter("openwit", "cap.dropped")
+
+    def process(self, candidate, counts, thresholds):
+        query = over_cap_query(candidate, counts, thresholds, self._seed)
+        if query is None:
+            yield candidate
+            return
+        self._capped.inc()
+        yield tagged_failure(candidate, Stage.CAP, Reason.OVER_QUERY_CAP,
+                             f"query {query!r} is over its cap")
+
+
+class CapPerQuery(beam.PTransform):
+    """Candidates (dicts with key, queries) -> StageResult."""
+
+    def __init__(self, config: CapConfig):
+        super().__init__()
+        self._config = config
+
+    def expand(self, candidates):
+        counts, thresholds = candidates | "Thresholds" >> CapThresholds(self._config)
         result = candidates | "Apply cap" >> beam.ParDo(
-            ApplyCapFn(seed), counts=counts_by_query, thresholds=beam.pvalue.AsDict(thresholds)
+            ApplyCapFn(self._config.seed), counts=beam.pvalue.AsDict(counts),
+            thresholds=beam.pvalue.AsDict(thresholds)
         ).with_outputs(FAILED, main=KEPT)
         return StageResult(result[KEPT], result[FAILED])
+
+
+class FinalCap(beam.PTransform):
+    """The exact cap on what download and image dedup left.
+
+    Input: {key, shard, queries, new} per surviving sample; `new` is false for samples of
+    shards an earlier run completed, which count towards every query but are not rewritten.
+    Output: (shard, (key, stage, reason, detail)) for each new sample over the cap.
+    """
+
+    def __init__(self, config: CapConfig):
+        super().__init__()
+        self._config = config
+
+    def expand(self, samples):
+        seed = self._config.seed
+        counts, thresholds = samples | "Thresholds" >> CapThresholds(self._config)
+
+        def drops(sample, counts, thresholds):
+            if not sample["new"]:
+                return
+            query = over_cap_query(sample, counts, thresholds, seed)
+            if query is not None:
+                yield sample["shard"], (sample["key"], Stage.CAP, Reason.OVER_QUERY_CAP,
+                                        f"query {query!r} is over its cap")
+
+        return samples | "Over the cap" >> beam.FlatMap(
+            drops, counts=beam.pvalue.AsDict(counts), thresholds=beam.pvalue.AsDict(thresholds))

@@ -1,4 +1,4 @@
-"""The `openwit` command: build, queries, demo, web."""
+"""The `openwit` command: curate, download, build, queries, demo, web."""
 
 from __future__ import annotations
 
@@ -15,6 +15,24 @@ Every Beam option passes through: --runner (default DirectRunner, in memory),
 
 Output folder: shards/NNNNNN.tar (+ .parquet, _stats.json, sizes.json), stats.json,
 query_counts.parquet, failures/*.parquet (every dropped candidate with its reason).
+"""
+
+
+CURATE_EPILOG = """\
+Two passes over the candidate lists: pass 1 matches and counts per query; pass 2 matches again,
+drops repeated URLs, keeps each candidate with MetaCLIP's probability
+1 - prod(1 - min(1, cap x oversample / count)) (seeded by key), then identifies the language of
+the survivors. Beam options pass through as for `openwit build`.
+
+Output folder: curated.parquet/ (key, url, caption, query_ids, queries, keep_probability,
+language, language_prob), query_counts.parquet (query_id, query, matched, kept), stats.json,
+failures/*.parquet.
+"""
+
+DOWNLOAD_EPILOG = """\
+Downloads what `openwit curate` kept, dedups the images, applies the exact per-query cap
+(default: the cap curation balanced for) and writes the shards, as `openwit build` does.
+--output may be the curated folder itself.
 """
 
 
@@ -51,6 +69,22 @@ def cmd_build(args, beam_args) -> int:
     # argparse parsed our flags for --help and early errors; Beam parses them again into
     # BuildOptions, so the same values travel with the pipeline options to every worker.
     stats = run(args.raw_argv)
+    print(format_summary(stats, stats["config"]["shards"]["output"]))
+    return 1 if stats.get("accounting_problems") else 0
+
+
+def cmd_curate(args, beam_args) -> int:
+    from pipeline.curate import format_curate_summary, run
+
+    print(format_curate_summary(run(args.raw_argv)))
+    return 0
+
+
+def cmd_download(args, beam_args) -> int:
+    from pipeline.build import run_download
+    from pipeline.summary import format_summary
+
+    stats = run_download(args.raw_argv)
     print(format_summary(stats, stats["config"]["shards"]["output"]))
     return 1 if stats.get("accounting_problems") else 0
 
@@ -98,19 +132,21 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    build = commands.add_parser(
-        "build", help="candidate URL/caption lists -> WebDataset shards",
-        epilog=BUILD_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_build_arguments(build)
-    build.set_defaults(handler=cmd_build)
-
-    queries = commands.add_parser(
-        "queries", help="build the concept query table (Wikipedia, WordNet, word frequencies)",
-        epilog=QUERIES_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_queries_arguments(queries)
-    queries.set_defaults(handler=cmd_queries)
+    pipeline_commands = [
+        ("curate", "candidate lists -> matched, balanced, language-filtered candidates",
+         CURATE_EPILOG, add_build_arguments, cmd_curate),
+        ("download", "curated candidates (`openwit curate`'s output) -> WebDataset shards",
+         DOWNLOAD_EPILOG, add_build_arguments, cmd_download),
+        ("build", "candidate URL/caption lists -> WebDataset shards (curate + download)",
+         BUILD_EPILOG, add_build_arguments, cmd_build),
+        ("queries", "build the concept query table (Wikipedia, WordNet, word frequencies)",
+         QUERIES_EPILOG, add_queries_arguments, cmd_queries),
+    ]
+    for name, summary, epilog, add_arguments, handler in pipeline_commands:
+        command = commands.add_parser(name, help=summary, epilog=epilog,
+                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_arguments(command)
+        command.set_defaults(handler=handler)
 
     demo = commands.add_parser(
         "demo", help="generate and serve the local mini-web, then build a corpus from it"

@@ -36,8 +36,9 @@ class NormaliseConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MatchConfig:
-    queries: str | None  # a query table (text: one per line, or parquet with a `query` column)
+    queries: str | None  # a query table: text (one per line), JSON list, or parquet `query` column
     case_sensitive: bool = False
+    mode: str = "word"  # "word" (word boundaries) or "metaclip" (MetaCLIP's reference semantics)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,21 @@ class LanguageConfig:
     languages: tuple[str, ...] = ("en",)  # empty: keep every language (and skip detection)
     min_probability: float = 0.5
     seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class BalanceConfig:
+    """MetaCLIP's pass 2: keep with probability 1 - prod(1 - min(1, t / count)), t = cap x oversample."""
+
+    per_query_cap: int = 20000
+    # Downloads fail and dedup removes samples: balancing aims above the cap by this factor and
+    # the exact cap after download brings every query back to at most `per_query_cap`.
+    oversample: float = 1.5
+    seed: int = 0
+
+    @property
+    def target(self) -> float:
+        return self.per_query_cap * self.oversample
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,17 +96,18 @@ class ShardConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class BuildConfig:
+class CurateConfig:
+    """The text half: read -> normalise -> match -> dedup URLs -> count -> balance -> language."""
+
     read: ReadConfig
     normalise: NormaliseConfig
     match: MatchConfig
+    balance: BalanceConfig
     language: LanguageConfig
-    cap: CapConfig
-    download: DownloadConfig
-    shards: ShardConfig
+    output: str
 
     @classmethod
-    def from_options(cls, options: PipelineOptions) -> "BuildConfig":
+    def from_options(cls, options: PipelineOptions) -> "CurateConfig":
         reject_unknown_options(options)
         o = options.view_as(BuildOptions)
         if not o.candidates:
@@ -108,11 +125,39 @@ class BuildConfig:
                 input_format=o.input_format,
             ),
             normalise=NormaliseConfig(max_caption_chars=o.max_caption_chars),
-            match=MatchConfig(queries=o.queries, case_sensitive=o.case_sensitive),
+            match=MatchConfig(queries=o.queries, case_sensitive=o.case_sensitive,
+                              mode=o.match_mode),
+            balance=BalanceConfig(
+                per_query_cap=(BalanceConfig.per_query_cap if o.per_query_cap is None
+                               else o.per_query_cap),
+                oversample=o.oversample, seed=o.seed),
             language=LanguageConfig(
                 languages=languages, min_probability=o.min_language_prob, seed=o.seed
             ),
-            cap=CapConfig(per_query_cap=o.per_query_cap, seed=o.seed),
+            output=o.output.rstrip("/"),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchConfig:
+    """The download half: plan shards -> download -> dedup images -> exact cap -> shards."""
+
+    cap: CapConfig
+    download: DownloadConfig
+    shards: ShardConfig
+
+    @classmethod
+    def from_options(cls, options: PipelineOptions, default_cap: int = CapConfig.per_query_cap
+                     ) -> "FetchConfig":
+        """`default_cap`: the cap when --per-query-cap is not given (`openwit download`
+        takes the one curation balanced for)."""
+        reject_unknown_options(options)
+        o = options.view_as(BuildOptions)
+        if not o.output:
+            raise ConfigError("--output is required")
+        cap = default_cap if o.per_query_cap is None else o.per_query_cap
+        return cls(
+            cap=CapConfig(per_query_cap=cap, seed=o.seed),
             download=DownloadConfig(
                 threads=o.download_threads,
                 timeout=o.timeout,
@@ -134,6 +179,19 @@ class BuildConfig:
             ),
             shards=ShardConfig(output=o.output.rstrip("/"), samples_per_shard=o.samples_per_shard),
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildConfig:
+    """`openwit build`: curate and fetch in one job, into one output folder."""
+
+    curate: CurateConfig
+    fetch: FetchConfig
+
+    @classmethod
+    def from_options(cls, options: PipelineOptions) -> "BuildConfig":
+        return cls(curate=CurateConfig.from_options(options),
+                   fetch=FetchConfig.from_options(options))
 
 
 def reject_unknown_options(options: PipelineOptions) -> None:
@@ -197,17 +255,27 @@ def add_build_arguments(parser) -> None:
                         "without it every caption is kept and no per-query cap applies")
     g.add_argument("--case-sensitive", "--case_sensitive", type=parse_flag, default=False,
                    help="match queries case-sensitively (default false)")
+    g.add_argument("--match-mode", "--match_mode", default="word", choices=["word", "metaclip"],
+                   help="word: whole words, punctuation-aware, case-folded; metaclip: MetaCLIP's "
+                        "reference substring semantics, case-sensitive (default word)")
     g.add_argument("--max-caption-chars", "--max_caption_chars", type=int,
                    default=NormaliseConfig.max_caption_chars)
     g.add_argument("--languages", default="en",
                    help="comma-separated ISO 639-1 codes to keep, or 'any' (default: en)")
     g.add_argument("--min-language-prob", "--min_language_prob", type=float,
                    default=LanguageConfig.min_probability)
-    g.add_argument("--per-query-cap", "--per_query_cap", type=int, default=CapConfig.per_query_cap,
-                   help="at most this many samples per query (default 20000, as in the CLIP paper)")
+    g.add_argument("--per-query-cap", "--per_query_cap", type=int, default=None,
+                   help="at most this many samples per query (default 20000, as in the CLIP "
+                        "paper; `openwit download`: the cap curation balanced for)")
+    g.add_argument("--oversample", type=float, default=BalanceConfig.oversample,
+                   help="balancing aims at cap x this, so that failed downloads and duplicates "
+                        "do not leave queries short; the exact cap follows the download "
+                        f"(default {BalanceConfig.oversample}; 1 = MetaCLIP's t exactly)")
     g.add_argument("--seed", type=int, default=0, help="seed for every random decision")
 
     g = flag_group(parser, "download")
+    g.add_argument("--curated", default=None,
+                   help="`openwit download`: the output folder of `openwit curate`")
     g.add_argument("--download-threads", "--download_threads", type=int, default=d.threads)
     g.add_argument("--timeout", type=float, default=d.timeout,
                    help="seconds for a whole response (a server that trickles bytes is cut off)")
@@ -245,14 +313,21 @@ class BuildOptions(PipelineOptions):
         add_build_arguments(parser)
 
 
-def validate(config: BuildConfig) -> None:
+def validate_curate(config: CurateConfig) -> None:
+    if config.balance.per_query_cap < 1:
+        raise ConfigError("--per-query-cap must be at least 1")
+    if not config.balance.oversample >= 1.0:
+        raise ConfigError("--oversample must be at least 1")
+    if not 0.0 <= config.language.min_probability <= 1.0:
+        raise ConfigError("--min-language-prob must be in [0, 1]")
+
+
+def validate_fetch(config: FetchConfig) -> None:
     if config.cap.per_query_cap < 1:
         raise ConfigError("--per-query-cap must be at least 1")
     if config.shards.samples_per_shard < 1:
         raise ConfigError("--samples-per-shard must be at least 1")
     if config.download.threads < 1:
         raise ConfigError("--download-threads must be at least 1")
-    if not 0.0 <= config.language.min_probability <= 1.0:
-        raise ConfigError("--min-language-prob must be in [0, 1]")
     if config.download.max_aspect_ratio < 1 or math.isnan(config.download.max_aspect_ratio):
         raise ConfigError("--max-aspect-ratio must be at least 1")

@@ -1,7 +1,10 @@
-"""Duplicate removal: URLs before download, identical image bytes after.
+"""Duplicate removal: URLs before balancing, identical image bytes after download.
 
 Both keep the member with the smallest sample key, so the survivor does not depend on the
 order in which workers see the elements.
+
+URL dedup is split in two so that curation can run over its input twice without holding it:
+pass 1 finds the losers (shuffling keys and query ids, not captions), pass 2 drops them.
 
 Image dedup shuffles only (sha256, key, shard) triples, never the image bytes: its output is
 the list of losing keys per shard, which the shard writer joins with the shard's samples (the
@@ -34,31 +37,70 @@ def canonical_url(url: str) -> str:
     return urllib.parse.urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
 
 
-def _keep_smallest_key(url_and_candidates):
-    _, candidates = url_and_candidates
-    ordered = sorted(candidates, key=lambda c: c["key"])
-    yield ordered[0]
-    for duplicate in ordered[1:]:
-        yield beam.pvalue.TaggedOutput(
-            FAILED,
-            failure(duplicate, Stage.DEDUP_URL, Reason.DUPLICATE_URL,
-                    f"same URL as {ordered[0]['key']}"),
-        )
+def _split_winner(url_and_members):
+    """(url, [(key, query_ids)]) -> winner's query ids (main), (loser, winner) keys (tagged)."""
+    _, members = url_and_members
+    ordered = sorted(members)
+    winner_key, winner_query_ids = ordered[0]
+    yield {"key": winner_key, "query_ids": winner_query_ids}
+    for loser_key, _ in ordered[1:]:
+        if loser_key != winner_key:  # the same row listed twice is still one candidate
+            yield beam.pvalue.TaggedOutput(DUPLICATES, (loser_key, winner_key))
 
 
-class DedupUrls(beam.PTransform):
-    """Candidates -> StageResult: one candidate per canonical URL."""
+DUPLICATES = "duplicates"
+
+
+class FindDuplicateUrls(beam.PTransform):
+    """Matched candidates -> (unique, duplicates).
+
+    unique: {key, query_ids} of one candidate per canonical URL (the one counting counts);
+    duplicates: (loser key, winner key) for every other one. Only keys and query ids cross
+    the shuffle, never captions.
+    """
 
     def expand(self, candidates):
         result = (
             candidates
-            | "By canonical URL" >> beam.Map(lambda c: (canonical_url(c["url"]), c))
+            | "By canonical URL" >> beam.Map(
+                lambda c: (canonical_url(c["url"]), (c["key"], c["query_ids"])))
             | "Group by URL" >> beam.GroupByKey()
-            | "Keep smallest key" >> beam.FlatMap(_keep_smallest_key).with_outputs(
-                FAILED, main=KEPT
-            )
+            | "Smallest key wins" >> beam.FlatMap(_split_winner).with_outputs(
+                DUPLICATES, main=KEPT)
         )
+        return result[KEPT], result[DUPLICATES]
+
+
+def _drop_duplicate(candidate, losers):
+    winner = losers.get(candidate["key"])
+    if winner is None:
+        yield candidate
+    else:
+        yield beam.pvalue.TaggedOutput(
+            FAILED, failure(candidate, Stage.DEDUP_URL, Reason.DUPLICATE_URL,
+                            f"same URL as {winner}"))
+
+
+class DropDuplicateUrls(beam.PTransform):
+    """Candidates -> StageResult without the losers that `FindDuplicateUrls` named."""
+
+    def __init__(self, duplicates: beam.PCollection):
+        super().__init__()
+        self._duplicates = duplicates
+
+    def expand(self, candidates):
+        result = candidates | "Drop losers" >> beam.FlatMap(
+            _drop_duplicate, losers=beam.pvalue.AsDict(self._duplicates)
+        ).with_outputs(FAILED, main=KEPT)
         return StageResult(result[KEPT], result[FAILED])
+
+
+class DedupUrls(beam.PTransform):
+    """Candidates -> StageResult: one candidate per canonical URL, the smallest key."""
+
+    def expand(self, candidates):
+        _, duplicates = candidates | "Find" >> FindDuplicateUrls()
+        return candidates | "Drop" >> DropDuplicateUrls(duplicates)
 
 
 def _losers(sha_and_members):
@@ -101,7 +143,9 @@ class FindImageDuplicates(beam.PTransform):
         )
 
 
-def duplicate_image_failure(sample: dict, winner_key: str) -> dict:
-    return failure(sample, Stage.DEDUP_IMAGE, Reason.DUPLICATE_IMAGE,
+def duplicate_image_drop(shard_and_pair):
+    """(shard, (loser, winner)) -> (shard, the loser's late-drop verdict)."""
+    shard, (loser_key, winner_key) = shard_and_pair
+    return shard, (loser_key, Stage.DEDUP_IMAGE, Reason.DUPLICATE_IMAGE,
                    f"same image bytes as {winner_key}")
 

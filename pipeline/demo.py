@@ -97,8 +97,8 @@ def run_demo(config: DemoConfig, beam_args: list[str]) -> int:
     finally:
         web.close()
 
-    print(format_summary(stats, build_config.shards.output))
-    shards_folder = os.path.join(build_config.shards.output, "shards")
+    print(format_summary(stats, build_config.fetch.shards.output))
+    shards_folder = os.path.join(build_config.fetch.shards.output, "shards")
     count, first = read_back(shards_folder)
     print(f"\nread back {count:,} samples with webdataset from {shards_folder}")
     if first is not None:

@@ -1,14 +1,23 @@
-"""Stage 3: keep captions that contain at least one query, on word boundaries.
+"""Stage 3: find the queries each caption contains, in one pass over the caption.
 
 One Aho-Corasick automaton (pyahocorasick) holds every query; it is built in `DoFn.setup()` on
 each worker from the query table's path, never pickled with the pipeline (500k queries pickle
-to ~160 MB).
+to ~160 MB). A query's id is its position in the table as loaded (`queries.table`); candidates
+carry sorted query ids (`query_ids`) and the strings (`queries`).
 
-Word boundaries: a match counts when the characters just before and just after it are not
-letters, digits or "_". So for the query "dog": "dog", "(dog)", "dog," and "dog's" match;
-"dogs", "dogs'" and "hotdog" do not (a query table lists plural forms as queries of their own,
-as Wikipedia word counts do). Matching is case-insensitive (Unicode case folding on both sides)
-unless `case_sensitive` is set.
+Two modes:
+
+- ``word`` (default). A match counts when the characters just before and just after it are not
+  letters, digits or "_" (where the query itself starts or ends with such a character). For
+  the query "dog": "dog", "(dog)", "dog," and "dog's" match; "dogs", "dogs'" and "hotdog" do
+  not (a query table lists plural forms as queries of their own, as Wikipedia word counts do).
+  Case-insensitive (Unicode case folding on both sides) unless `case_sensitive` is set.
+- ``metaclip``. MetaCLIP's reference semantics, exactly: the caption is padded with a space on
+  each side, the punctuation , . ; : ? ! ` gets a space on each side, tabs and line breaks
+  become spaces, and an entry matches when " entry " occurs in that string, case-sensitively.
+  Entries are taken as stored (no normalisation, duplicates keep their own ids), so counts can
+  be compared with MetaCLIP's published ones. `metaclip_reference_match` is their loop, kept
+  as the definition the automaton is tested against.
 """
 
 from __future__ import annotations
@@ -21,40 +30,94 @@ from pipeline.config import MatchConfig
 from pipeline.records import FAILED, KEPT, Reason, Stage, StageResult, tagged_failure
 from queries.table import load_query_strings
 
+WORD_MODE = "word"
+METACLIP_MODE = "metaclip"
+MATCH_MODES = (WORD_MODE, METACLIP_MODE)
+
+_METACLIP_WRAPPED = (",", ".", ";", ":", "?", "!", "`")
+_METACLIP_SPACED = ("\t", "\n", "\r")
+
+
+def metaclip_spacing(text: str) -> str:
+    spaced = f" {text} "
+    for punct in _METACLIP_WRAPPED:
+        spaced = spaced.replace(punct, f" {punct} ")
+    for char in _METACLIP_SPACED:
+        spaced = spaced.replace(char, " ")
+    return spaced
+
+
+def metaclip_reference_match(text: str, entries: list[str]) -> list[int]:
+    """MetaCLIP's reference matching: a substring test per entry (~36 ms per caption at 500k)."""
+    spaced = metaclip_spacing(text)
+    return [entry_id for entry_id, entry in enumerate(entries) if f" {entry} " in spaced]
+
 
 def _is_word_char(ch: str) -> bool:
     return ch.isalnum() or ch == "_"
 
 
 class QueryMatcher:
-    """Finds the queries a text contains, on word boundaries."""
+    """Finds the queries a text contains: `match_ids` (sorted ids) and `match` (sorted strings)."""
 
-    def __init__(self, queries: list[str], case_sensitive: bool = False):
-        self._fold = (lambda s: s) if case_sensitive else str.casefold
+    def __init__(self, queries: list[str], mode: str = WORD_MODE, case_sensitive: bool = False):
+        if mode not in MATCH_MODES:
+            raise ValueError(f"match mode must be one of {MATCH_MODES}, not {mode!r}")
+        self.queries = list(queries)
+        self.mode = mode
+        self._fold = None if (case_sensitive or mode == METACLIP_MODE) else str.casefold
         self._automaton = ahocorasick.Automaton()
-        for query in queries:
-            needle = self._fold(query)
-            if not needle.strip():
-                continue
-            # Several queries can fold to one needle ("US" and "us"): report them all.
-            existing = self._automaton.get(needle, None)
-            self._automaton.add_word(needle, (len(needle), (*existing[1], query) if existing
-                                              else (query,)))
+        needles: dict[str, list[int]] = {}
+        for query_id, query in enumerate(self.queries):
+            if mode == METACLIP_MODE:
+                needle = f" {query} "
+            else:
+                needle = self._fold(query) if self._fold else query
+                if not needle.strip():
+                    continue
+            # Several queries can share a needle ("US" and "us" once folded): report them all.
+            needles.setdefault(needle, []).append(query_id)
+        for needle, ids in needles.items():
+            self._automaton.add_word(needle, (len(needle), tuple(ids)))
         self._automaton.make_automaton()
         self.size = len(self._automaton)
 
+    def match_ids(self, text: str) -> list[int]:
+        if self.mode == METACLIP_MODE:
+            return self._match_metaclip(text)
+        return self._match_words(text)
+
     def match(self, text: str) -> list[str]:
-        haystack = self._fold(text)
+        return sorted({self.queries[i] for i in self.match_ids(text)})
+
+    def _match_metaclip(self, text: str) -> list[int]:
+        if not self.size:
+            return []
+        found: set[int] = set()
+        for _, (_, ids) in self._automaton.iter(metaclip_spacing(text)):
+            found.update(ids)
+        return sorted(found)
+
+    def _match_words(self, text: str) -> list[int]:
+        if not self.size or not text:
+            return []
+        haystack = self._fold(text) if self._fold else text
         last = len(haystack) - 1
-        found: set[str] = set()
-        for end, (length, queries) in self._automaton.iter(haystack):
+        found: set[int] = set()
+        for end, (length, ids) in self._automaton.iter(haystack):
             start = end - length + 1
             if start > 0 and _is_word_char(haystack[start - 1]) and _is_word_char(haystack[start]):
                 continue
             if end < last and _is_word_char(haystack[end + 1]) and _is_word_char(haystack[end]):
                 continue
-            found.update(queries)
+            found.update(ids)
         return sorted(found)
+
+
+def load_matcher(config: MatchConfig) -> QueryMatcher:
+    exact = config.mode == METACLIP_MODE
+    queries = load_query_strings(config.queries, exact=exact)
+    return QueryMatcher(queries, config.mode, config.case_sensitive)
 
 
 class MatchQueriesFn(beam.DoFn):
@@ -62,21 +125,25 @@ class MatchQueriesFn(beam.DoFn):
         self._config = config
 
     def setup(self):
-        queries = load_query_strings(self._config.queries)
-        self._matcher = QueryMatcher(queries, self._config.case_sensitive)
+        self._matcher = load_matcher(self._config)
+        self._queries = self._matcher.queries
         self._matches = Metrics.counter("openwit", "match.matched_queries")
 
     def process(self, candidate):
-        queries = self._matcher.match(candidate["caption"])
-        if not queries:
+        ids = self._matcher.match_ids(candidate["caption"])
+        if not ids:
             yield tagged_failure(candidate, Stage.MATCH, Reason.NO_QUERY_MATCH)
             return
-        self._matches.inc(len(queries))
-        yield {**candidate, "queries": queries}
+        self._matches.inc(len(ids))
+        queries = self._queries
+        yield {**candidate, "query_ids": ids, "queries": sorted({queries[i] for i in ids})}
 
 
 class MatchQueries(beam.PTransform):
-    """Candidates -> StageResult; survivors carry `queries`. Without a table, all pass."""
+    """Candidates -> StageResult; survivors carry `query_ids` and `queries`.
+
+    Without a table every caption passes with no queries (and nothing is balanced).
+    """
 
     def __init__(self, config: MatchConfig):
         super().__init__()
@@ -84,7 +151,8 @@ class MatchQueries(beam.PTransform):
 
     def expand(self, candidates):
         if self._config.queries is None:
-            kept = candidates | "No query table" >> beam.Map(lambda c: {**c, "queries": []})
+            kept = candidates | "No query table" >> beam.Map(
+                lambda c: {**c, "query_ids": [], "queries": []})
             failed = candidates.pipeline | "No match failures" >> beam.Create([])
             return StageResult(kept, failed)
         result = candidates | "Match" >> beam.ParDo(MatchQueriesFn(self._config)).with_outputs(

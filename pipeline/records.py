@@ -6,8 +6,10 @@ stages):
     key        deterministic sample id: sha1(url + "\\t" + raw caption), 16 hex chars, no dot
     url        the image URL as given
     caption    the caption (normalised after the normalise stage)
-    queries    sorted list of matched query strings (after the match stage)
+    query_ids  sorted ids of the matched queries (after the match stage)
+    keep_probability          MetaCLIP's sampling probability (after the balance stage)
     language, language_prob   (after the language stage)
+    queries    sorted matched query strings (added when curation ends)
 
 After download a sample also carries `jpg` (bytes), width, height, original_width,
 original_height, sha256 (of the downloaded bytes, as img2dataset computes it) and phash.
@@ -42,13 +44,16 @@ class Stage:
     READ = "read"
     NORMALISE = "normalise"
     MATCH = "match"
-    LANGUAGE = "language"
     DEDUP_URL = "dedup_url"
-    CAP = "cap"
+    BALANCE = "balance"
+    LANGUAGE = "language"
     DOWNLOAD = "download"
     DEDUP_IMAGE = "dedup_image"
+    CAP = "cap"
 
-    ORDER = (READ, NORMALISE, MATCH, LANGUAGE, DEDUP_URL, CAP, DOWNLOAD, DEDUP_IMAGE)
+    TEXT = (READ, NORMALISE, MATCH, DEDUP_URL, BALANCE, LANGUAGE)  # `openwit curate`
+    FETCH = (DOWNLOAD, DEDUP_IMAGE, CAP)  # `openwit download`
+    ORDER = TEXT + FETCH
 
 
 class Reason:
@@ -67,8 +72,9 @@ class Reason:
     LANGUAGE_NOT_WANTED = "language_not_wanted"
     LANGUAGE_UNCERTAIN = "language_uncertain"
     LANGUAGE_UNDETECTABLE = "language_undetectable"
-    # dedup and cap
+    # dedup, balance and the exact cap
     DUPLICATE_URL = "duplicate_url"
+    BALANCED_OUT = "balanced_out"
     OVER_QUERY_CAP = "over_query_cap"
     DUPLICATE_IMAGE = "duplicate_image"
     # download: policy, transport, HTTP

@@ -31,9 +31,8 @@ import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
 from pipeline import storage
-from pipeline.dedup import duplicate_image_failure
 from pipeline.progress import LOGGER
-from pipeline.records import FAILURE_SCHEMA, stable_hash64
+from pipeline.records import FAILURE_SCHEMA, failure, stable_hash64
 
 SHARDS_FOLDER = "shards"
 FAILURES_FOLDER = "failures"
@@ -165,17 +164,17 @@ class PlanShards(beam.PTransform):
         return ShardPlan(num_shards, pending, pending_plans, reused)
 
 
-def read_written_hashes(output: str):
-    """(shard, stats) of a completed shard -> its samples' (sha256, key, shard)."""
+def read_written_samples(output: str):
+    """(shard, stats) of a completed shard -> its samples' {key, shard, sha256, queries}."""
 
     def read(shard_and_stats):
         shard, stats = shard_and_stats
         if not stats.get("written"):
             return
         data = storage.read_bytes(shard_paths(output, shard)["parquet"])
-        table = pq.read_table(io.BytesIO(data), columns=["sha256", "key"])
-        for sha256, key in zip(table.column("sha256").to_pylist(), table.column("key").to_pylist()):
-            yield sha256, key, shard
+        table = pq.read_table(io.BytesIO(data), columns=["sha256", "key", "queries"])
+        for row in table.to_pylist():
+            yield {**row, "shard": shard}
 
     return read
 
@@ -208,7 +207,11 @@ def encode_parquet(rows: list[dict], schema: pa.Schema) -> bytes:
 
 
 class WriteShardFn(beam.DoFn):
-    """(shard, {samples, failures, duplicates, plan}) -> the shard's stats dict."""
+    """(shard, {samples, failures, drops, plan}) -> the shard's stats dict.
+
+    drops: (key, stage, reason, detail) verdicts reached after download (duplicate image,
+    exact per-query cap) for samples of this shard.
+    """
 
     def __init__(self, output: str):
         self._output = output
@@ -220,11 +223,11 @@ class WriteShardFn(beam.DoFn):
     def process(self, shard_and_parts):
         shard, parts = shard_and_parts
         (plan,) = parts["plan"]
-        losers = dict(parts["duplicates"])
+        drops = {key: (stage, reason, detail) for key, stage, reason, detail in parts["drops"]}
         written, failures = [], list(parts["failures"])
         for sample in sorted(parts["samples"], key=lambda s: s["key"]):
-            if sample["key"] in losers:
-                failures.append(duplicate_image_failure(sample, losers[sample["key"]]))
+            if sample["key"] in drops:
+                failures.append(failure(sample, *drops[sample["key"]]))
             else:
                 written.append(sample)
         failures.sort(key=lambda f: (f["key"] or "", f["stage"]))
@@ -267,7 +270,7 @@ class WriteShardFn(beam.DoFn):
 
 
 class WriteShards(beam.PTransform):
-    """Joins each shard's samples, failures and duplicate verdicts and writes the shard."""
+    """Joins each shard's samples, failures and late drops and writes the shard."""
 
     def __init__(self, output: str):
         super().__init__()

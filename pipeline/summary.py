@@ -21,38 +21,43 @@ from pipeline import storage
 from pipeline.records import Stage
 from pipeline.shards import FAILURES_FOLDER, SHARDS_FOLDER, shard_name
 
-TEXT_STAGES = (Stage.READ, Stage.NORMALISE, Stage.MATCH, Stage.LANGUAGE, Stage.DEDUP_URL,
-               Stage.CAP)
 QUERY_COUNTS_SCHEMA = pa.schema(
-    [("query", pa.string()), ("matched", pa.int64()), ("kept", pa.int64()),
-     ("written", pa.int64())]
+    [("query_id", pa.int32()), ("query", pa.string()), ("matched", pa.int64()),
+     ("kept", pa.int64()), ("written", pa.int64())]
 )
 REUSED_MARK = "reused_from_earlier_run"  # set on stats of shards this run did not rewrite
 _SHARD_FILE = re.compile(r"(?:shard-)?(\d+)(?:\.tar|\.parquet|_stats\.json)$")
 
 
-def corpus_stats(stage_kept: dict, text_dropped: dict, shard_stats: list[dict],
-                 num_shards: int) -> dict:
-    """stats.json's content from per-stage survivors, text-stage drops and the shards' stats."""
-    stages = []
-    for stage in TEXT_STAGES:
-        dropped = {reason: n for (s, reason), n in sorted(text_dropped.items()) if s == stage}
-        stages.append({"stage": stage, "kept": stage_kept.get(stage, 0), "dropped": dropped})
+def text_stage_entries(stage_kept: dict, dropped: dict) -> list[dict]:
+    """[{stage, in, kept, dropped: {reason: n}}] for the curate stages, in order.
 
+    stage_kept: {stage: survivors}; dropped: {(stage, reason): n}.
+    """
+    entries = []
+    for stage in Stage.TEXT:
+        reasons = {reason: n for (s, reason), n in sorted(dropped.items()) if s == stage}
+        kept = stage_kept.get(stage, 0)
+        entries.append({"stage": stage, "in": kept + sum(reasons.values()), "kept": kept,
+                        "dropped": reasons})
+    return entries
+
+
+def corpus_stats(text_entries: list[dict], shard_stats: list[dict], num_shards: int) -> dict:
+    """stats.json's content from the curate stages' entries and the shards' own stats."""
+    stages = [dict(entry) for entry in text_entries]
     candidates = sum(s["plan"]["candidates"] for s in shard_stats)
-    shard_dropped = {Stage.DOWNLOAD: collections.Counter(),
-                     Stage.DEDUP_IMAGE: collections.Counter()}
+    shard_dropped = {stage: collections.Counter() for stage in Stage.FETCH}
     for stats in shard_stats:
         for stage, reasons in stats["dropped"].items():
             shard_dropped[stage].update(reasons)
-    downloaded = candidates - sum(shard_dropped[Stage.DOWNLOAD].values())
+    kept = candidates
+    for stage in Stage.FETCH:
+        dropped = dict(sorted(shard_dropped[stage].items()))
+        stages.append({"stage": stage, "in": kept, "kept": kept - sum(dropped.values()),
+                       "dropped": dropped})
+        kept = stages[-1]["kept"]
     written = sum(s["written"] for s in shard_stats)
-    stages.append({"stage": Stage.DOWNLOAD, "kept": downloaded,
-                   "dropped": dict(sorted(shard_dropped[Stage.DOWNLOAD].items()))})
-    stages.append({"stage": Stage.DEDUP_IMAGE, "kept": written,
-                   "dropped": dict(sorted(shard_dropped[Stage.DEDUP_IMAGE].items()))})
-    for entry in stages:
-        entry["in"] = entry["kept"] + sum(entry["dropped"].values())
 
     by_reason = collections.Counter()
     for entry in stages:
@@ -84,6 +89,9 @@ def check_accounting(stats: dict) -> list[str]:
         if before["kept"] != after["in"]:
             problems.append(f"{before['stage']} kept {before['kept']} but {after['stage']} "
                             f"received {after['in']}")
+    if stats["stages"][-1]["kept"] != stats["written"]:
+        problems.append(f"{stats['stages'][-1]['stage']} kept {stats['stages'][-1]['kept']} "
+                        f"but the shards hold {stats['written']}")
     return problems
 
 
@@ -99,13 +107,18 @@ def stale_shard_files(paths: list[str], num_shards: int) -> list[str]:
     return stale
 
 
-def format_summary(stats: dict, output: str) -> str:
+def format_stage_table(stages: list[dict]) -> list[str]:
     lines = [f"{'stage':<12} {'in':>10} {'kept':>10}  dropped"]
-    for stage in stats["stages"]:
+    for stage in stages:
         reasons = ", ".join(f"{reason} {n:,}" for reason, n in
                             sorted(stage["dropped"].items(), key=lambda item: -item[1]))
         lines.append(f"{stage['stage']:<12} {stage['in']:>10,} {stage['kept']:>10,}  "
                      f"{reasons or '-'}")
+    return lines
+
+
+def format_summary(stats: dict, output: str) -> str:
+    lines = format_stage_table(stats["stages"])
     shards = stats["shards"]
     lines.append("")
     lines.append(f"{stats['written']:,} of {stats['input_rows']:,} candidates written in "
@@ -114,7 +127,8 @@ def format_summary(stats: dict, output: str) -> str:
     queries = stats.get("queries", {})
     if queries:
         lines.append(f"queries: {queries['matched']:,} matched, {queries['kept']:,} kept, "
-                     f"{queries['written']:,} written (see query_counts.parquet)")
+                     f"{queries['written']:,} written, {queries.get('above_cap', 0)} above the "
+                     "cap (see query_counts.parquet)")
     if stats.get("accounting_problems"):
         lines.append("ACCOUNTING PROBLEMS: " + "; ".join(stats["accounting_problems"]))
     if shards.get("reused"):
@@ -130,7 +144,7 @@ class FinalizeFn(beam.DoFn):
         self._output = output
         self._run_config = run_config
 
-    def process(self, _, stage_kept, text_dropped, shard_stats, num_shards, query_rows):
+    def process(self, _, text_entries, shard_stats, num_shards, query_rows):
         shard_stats = sorted(shard_stats, key=lambda s: s["shard"])
         shards_folder = storage.join(self._output, SHARDS_FOLDER)
         failures_folder = storage.join(self._output, FAILURES_FOLDER)
@@ -143,37 +157,35 @@ class FinalizeFn(beam.DoFn):
         sizes = {f"{shard_name(s['shard'])}.tar": s["written"] for s in shard_stats if s["written"]}
         storage.write_json_atomic(storage.join(shards_folder, "sizes.json"), sizes)
 
-        rows = sorted(query_rows, key=lambda r: (-r["matched"], r["query"]))
+        rows = sorted(query_rows, key=lambda r: (r["query_id"], r["query"]))
         table = pa.Table.from_pylist(rows, schema=QUERY_COUNTS_SCHEMA)
         buffer = io.BytesIO()
         pq.write_table(table, buffer, compression="zstd")
         storage.write_bytes_atomic(storage.join(self._output, "query_counts.parquet"),
                                    buffer.getvalue())
 
-        stats = corpus_stats(dict(stage_kept), dict(text_dropped), shard_stats, num_shards)
+        stats = corpus_stats(text_entries, shard_stats, num_shards)
         stats["queries"] = {
             "matched": sum(1 for r in rows if r["matched"]),
             "kept": sum(1 for r in rows if r["kept"]),
             "written": sum(1 for r in rows if r["written"]),
         }
+        cap = self._run_config["cap"]["per_query_cap"]
+        stats["queries"]["above_cap"] = sum(1 for r in rows if r["written"] > cap)
         stats["accounting_problems"] = check_accounting(stats)
         stats["config"] = self._run_config
         storage.write_json_atomic(storage.join(self._output, "stats.json"), stats)
         yield stats
 
 
-class CountQueries(beam.PTransform):
-    """Candidates -> (query, number of candidates that matched it)."""
-
-    def expand(self, candidates):
-        return (candidates
-                | "Queries" >> beam.FlatMap(lambda c: c["queries"])
-                | "Count" >> beam.combiners.Count.PerElement())
+def _query_row(query, parts):
+    (curated,) = parts["curated"] or [{"query_id": -1, "query": query, "matched": 0, "kept": 0}]
+    return {**curated, "written": sum(parts["written"])}
 
 
 class WriteSummary(beam.PTransform):
-    """Inputs (a dict): stage_kept {(stage, n)}, text_failures, shard_stats, num_shards,
-    matched and kept (candidate PCollections whose queries are counted)."""
+    """Inputs (a dict): text_entries (a singleton list of curate stage entries), shard_stats,
+    num_shards (a singleton), query_rows ({query_id, query, matched, kept} from curation)."""
 
     def __init__(self, output: str, run_config: dict):
         super().__init__()
@@ -182,11 +194,6 @@ class WriteSummary(beam.PTransform):
 
     def expand(self, inputs: dict):
         p = inputs["shard_stats"].pipeline
-        text_dropped = (
-            inputs["text_failures"]
-            | "Stage and reason" >> beam.Map(lambda f: ((f["stage"], f["reason"]), 1))
-            | "Count drops" >> beam.CombinePerKey(sum)
-        )
         written = (
             inputs["shard_stats"]
             | "Written queries" >> beam.FlatMap(lambda s: s["queries"].items())
@@ -194,22 +201,19 @@ class WriteSummary(beam.PTransform):
         )
         query_rows = (
             {
-                "matched": inputs["matched"] | "Matched" >> CountQueries(),
-                "kept": inputs["kept"] | "Kept" >> CountQueries(),
+                "curated": inputs["query_rows"] | "By query" >> beam.Map(
+                    lambda r: (r["query"], r)),
                 "written": written,
             }
             | "Join query counts" >> beam.CoGroupByKey()
-            | "Query row" >> beam.MapTuple(lambda q, n: {
-                "query": q, "matched": sum(n["matched"]), "kept": sum(n["kept"]),
-                "written": sum(n["written"])})
+            | "Query row" >> beam.MapTuple(_query_row)
         )
         return (
             p
             | "Once" >> beam.Create([None])
             | "Finalize" >> beam.ParDo(
                 FinalizeFn(self._output, self._run_config),
-                stage_kept=beam.pvalue.AsDict(inputs["stage_kept"]),
-                text_dropped=beam.pvalue.AsDict(text_dropped),
+                text_entries=beam.pvalue.AsSingleton(inputs["text_entries"]),
                 shard_stats=beam.pvalue.AsList(inputs["shard_stats"]),
                 num_shards=beam.pvalue.AsSingleton(inputs["num_shards"]),
                 query_rows=beam.pvalue.AsList(query_rows),

@@ -1,12 +1,15 @@
-"""Reading a query table: plain text (one query per line) or parquet with a `query` column.
+"""Reading a query table: plain text (one query per line), a JSON list of strings (MetaCLIP's
+metadata.json), or parquet with a `query` column (what `openwit queries` writes).
 
-`openwit queries` writes parquet tables with more columns (id, source, statistic); `openwit
-build` only needs the strings, in a stable order.
+A query's id is its position in the list this module returns. For `openwit queries` tables
+(distinct queries, stored in `id` order) that is the table's own `id` column; for MetaCLIP's
+metadata.json it is MetaCLIP's entry id.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import unicodedata
 
 import pyarrow.parquet as pq
@@ -16,19 +19,33 @@ from pipeline import storage
 QUERY_COLUMN = "query"
 
 
-def load_query_strings(path: str) -> list[str]:
-    """The table's distinct, non-blank queries (NFC-normalised, stripped), first occurrence first."""
+def _raw_queries(path: str) -> list:
     data = storage.read_bytes(path)
     if path.endswith(".parquet"):
         table = pq.read_table(io.BytesIO(data), columns=[QUERY_COLUMN])
-        raw = table.column(QUERY_COLUMN).to_pylist()
-    else:
-        raw = data.decode("utf-8").splitlines()
+        return table.column(QUERY_COLUMN).to_pylist()
+    if path.endswith(".json"):
+        entries = json.loads(data.decode("utf-8"))
+        if not isinstance(entries, list):
+            raise ValueError(f"{path}: expected a JSON list of query strings")
+        return entries
+    return data.decode("utf-8").splitlines()
+
+
+def load_query_strings(path: str, exact: bool = False) -> list[str]:
+    """The table's queries in order.
+
+    Default: distinct and non-blank, NFC-normalised and stripped, first occurrence first.
+    `exact`: every entry as stored, duplicates included (MetaCLIP's ids are list positions).
+    """
+    raw = _raw_queries(path)
+    if exact:
+        return [str(query) for query in raw if query is not None]
     seen: dict[str, None] = {}
     for query in raw:
         if query is None:
             continue
-        query = unicodedata.normalize("NFC", query).strip()
+        query = unicodedata.normalize("NFC", str(query)).strip()
         if query:
             seen.setdefault(query, None)
     return list(seen)

@@ -10,7 +10,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from helpers import beam_test_pipeline, jpeg_bytes
 from pipeline import storage
-from pipeline.dedup import FindImageDuplicates
+from pipeline.dedup import FindImageDuplicates, duplicate_image_drop
 from pipeline.records import Reason, Stage, sample_key
 from pipeline.shards import (
     KeyFingerprint,
@@ -22,7 +22,7 @@ from pipeline.shards import (
     shard_of,
     shard_paths,
 )
-from pipeline.summary import check_accounting, corpus_stats, stale_shard_files
+from pipeline.summary import check_accounting, corpus_stats, stale_shard_files, text_stage_entries
 
 
 def sample(i, image=None):
@@ -126,7 +126,8 @@ def test_write_shards_commits_tar_parquet_failures_and_stats(tmp_path):
         stats = {
             "samples": p | "s" >> beam.Create([(0, s) for s in [*shard0, dup]]),
             "failures": p | "f" >> beam.Create([(0, failure)]),
-            "duplicates": p | "d" >> beam.Create([(0, (dup["key"], shard0[0]["key"]))]),
+            "drops": p | "d" >> beam.Create([duplicate_image_drop((0, (dup["key"],
+                                                                       shard0[0]["key"])))]),
             "plan": p | "p" >> beam.Create([(0, plan), (1, {**plan, "candidates": 1})]),
         } | WriteShards(output)
         assert_that(stats | beam.Map(lambda s: (s["shard"], s["written"])),
@@ -152,26 +153,33 @@ def test_write_shards_commits_tar_parquet_failures_and_stats(tmp_path):
 
 
 def test_corpus_stats_account_for_every_candidate():
-    stage_kept = {"read": 90, "normalise": 85, "match": 60, "language": 50, "dedup_url": 48,
-                  "cap": 40}
+    stage_kept = {"read": 90, "normalise": 85, "match": 60, "dedup_url": 58, "balance": 50,
+                  "language": 40}
     text_dropped = {("read", "missing_url"): 10, ("normalise", "empty_caption"): 5,
                     ("match", "no_query_match"): 25, ("language", "language_not_wanted"): 10,
-                    ("dedup_url", "duplicate_url"): 2, ("cap", "over_query_cap"): 8}
+                    ("dedup_url", "duplicate_url"): 2, ("balance", "balanced_out"): 8}
     shards = [
-        {"shard": 0, "plan": {"candidates": 25}, "written": 20, "tar_bytes": 100,
-         "dropped": {"download": {"http_404": 3}, "dedup_image": {"duplicate_image": 2}},
-         "languages": {"en": 20}},
+        {"shard": 0, "plan": {"candidates": 25}, "written": 19, "tar_bytes": 100,
+         "dropped": {"download": {"http_404": 3}, "dedup_image": {"duplicate_image": 2},
+                     "cap": {"over_query_cap": 1}},
+         "languages": {"en": 19}},
         {"shard": 1, "plan": {"candidates": 15}, "written": 15, "tar_bytes": 50, "dropped": {},
          "languages": {"en": 15}},
     ]
-    stats = corpus_stats(stage_kept, text_dropped, shards, 2)
-    assert stats["input_rows"] == 100 and stats["written"] == 35
+    entries = text_stage_entries(stage_kept, text_dropped)
+    assert [e["in"] for e in entries] == [100, 90, 85, 60, 58, 50]
+    stats = corpus_stats(entries, shards, 2)
+    assert stats["input_rows"] == 100 and stats["written"] == 34
     assert [s["stage"] for s in stats["stages"]] == list(Stage.ORDER)
+    assert [(s["in"], s["kept"]) for s in stats["stages"][-3:]] == [(40, 37), (37, 35), (35, 34)]
     assert check_accounting(stats) == []
     assert stats["failures_by_reason"]["no_query_match"] == 25
-    broken = corpus_stats({**stage_kept, "cap": 41}, text_dropped, shards, 2)
-    assert check_accounting(broken) == ["dedup_url kept 48 but cap received 49",
-                                        "cap kept 41 but download received 40"]
+    broken = corpus_stats(text_stage_entries({**stage_kept, "balance": 51}, text_dropped),
+                          shards, 2)
+    assert check_accounting(broken) == ["dedup_url kept 58 but balance received 59",
+                                        "balance kept 51 but language received 50"]
+    short = corpus_stats(entries, [{**shards[0], "written": 18}, shards[1]], 2)
+    assert check_accounting(short) == ["cap kept 34 but the shards hold 33"]
 
 
 def test_stale_shard_files():

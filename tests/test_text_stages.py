@@ -16,8 +16,9 @@ from pipeline.normalise import NormaliseCaptions, normalise_caption
 from pipeline.records import Reason, sample_key
 
 
-def candidate(url, caption, queries=None):
-    c = {"key": sample_key(url, caption), "url": url, "caption": caption}
+def candidate(url, caption, queries=None, query_ids=None):
+    c = {"key": sample_key(url, caption), "url": url, "caption": caption,
+         "query_ids": query_ids or []}
     if queries is not None:
         c["queries"] = queries
     return c
@@ -92,9 +93,9 @@ def test_match_stage(tmp_path):
               candidate("http://a/3", "a green triangle")]
     with beam_test_pipeline() as p:
         result = p | beam.Create(inputs) | MatchQueries(MatchConfig(queries=str(queries)))
-        assert_that(result.kept | beam.Map(lambda c: (c["url"], c["queries"])),
-                    equal_to([("http://a/1", ["circle", "red"]),
-                              ("http://a/2", ["blue square"])]), label="kept")
+        assert_that(result.kept | beam.Map(lambda c: (c["url"], c["query_ids"], c["queries"])),
+                    equal_to([("http://a/1", [0, 1], ["circle", "red"]),
+                              ("http://a/2", [2], ["blue square"])]), label="kept")
         assert_that(result.failed | beam.Map(lambda f: (f["url"], f["reason"])),
                     equal_to([("http://a/3", Reason.NO_QUERY_MATCH)]), label="failed")
 

@@ -1,0 +1,323 @@
+"""`openwit curate`: candidate lists -> a balanced, language-filtered list to download.
+
+    pass 1:  read -> normalise -> match -> find duplicate URLs -> count matches per query
+    pass 2:  read -> normalise -> match -> drop duplicate URLs -> balance -> language
+
+Balancing needs every query's count over the whole pool before the first candidate can be
+sampled. Rather than hold the pool between the passes (memory growing with the pool), pass 2
+reads the lists again: only query counts and the losing keys of duplicate URLs cross from pass 1
+to pass 2, so memory stays flat as the pool grows, at the price of reading and matching twice.
+
+Order, cheapest first where a stage can drop: the text checks cost microseconds; URL dedup runs
+before counting so that a repeated URL does not count twice; language identification, the
+slowest step by far, runs last and only on candidates that balancing kept.
+
+Writes, into the output folder: `curated.parquet/` (parquet part files, one row per kept
+candidate), `query_counts.parquet`, `failures/text-*.parquet` and `stats.json`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import io
+import logging
+import time
+import typing
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipeline import storage
+from pipeline.balance import BalanceQueries, CountQueryMatches
+from pipeline.config import ConfigError, CurateConfig, MatchConfig, validate_curate
+from pipeline.dedup import DropDuplicateUrls, FindDuplicateUrls
+from pipeline.language import FilterLanguage
+from pipeline.match import MatchQueries, METACLIP_MODE
+from pipeline.normalise import NormaliseCaptions
+from pipeline.read import ReadCandidates
+from pipeline.records import FAILURE_SCHEMA, Stage
+from pipeline.summary import format_stage_table, text_stage_entries
+from queries.table import load_query_strings
+
+LOGGER = logging.getLogger("openwit")
+
+CURATED_FOLDER = "curated.parquet"
+CURATED_PREFIX = "part"
+FAILURES_FOLDER = "failures"
+TEXT_FAILURES_PREFIX = "text"
+QUERY_COUNTS_FILE = "query_counts.parquet"
+STATS_FILE = "stats.json"
+PARQUET_ROW_GROUP_BYTES = 16 * 1024 * 1024  # Beam's default (64 MB of Python rows) is too fat
+
+CURATED_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("url", pa.string()),
+        ("caption", pa.string()),
+        ("query_ids", pa.list_(pa.int32())),
+        ("queries", pa.list_(pa.string())),
+        ("keep_probability", pa.float64()),
+        ("language", pa.string()),
+        ("language_prob", pa.float64()),
+    ]
+)
+QUERY_COUNTS_SCHEMA = pa.schema(
+    [("query_id", pa.int32()), ("query", pa.string()), ("matched", pa.int64()),
+     ("kept", pa.int64())]
+)
+
+
+def load_queries(config: MatchConfig) -> list[str]:
+    """The query strings by id, exactly as the matcher numbers them."""
+    if config.queries is None:
+        return []
+    return load_query_strings(config.queries, exact=config.mode == METACLIP_MODE)
+
+
+class NameQueriesFn(beam.DoFn):
+    """Adds the matched query strings, for people and for the shards' metadata."""
+
+    def __init__(self, config: MatchConfig):
+        self._config = config
+
+    def setup(self):
+        self._queries = load_queries(self._config)
+
+    def process(self, candidate):
+        queries = self._queries
+        yield {**candidate, "queries": sorted({queries[i] for i in candidate["query_ids"]})}
+
+
+class QueryRowsFn(beam.DoFn):
+    """(query id, {matched: [n], kept: [n]}) -> a query_counts row."""
+
+    def __init__(self, config: MatchConfig):
+        self._config = config
+
+    def setup(self):
+        self._queries = load_queries(self._config)
+
+    def process(self, id_and_counts):
+        query_id, counts = id_and_counts
+        yield {"query_id": query_id, "query": self._queries[query_id],
+               "matched": sum(counts["matched"]), "kept": sum(counts["kept"])}
+
+
+class CurateResult(typing.NamedTuple):
+    curated: beam.PCollection  # candidate dicts with the fields of CURATED_SCHEMA
+    failures: beam.PCollection  # failure dicts of every text stage
+    stage_entries: beam.PCollection  # a singleton: [{stage, in, kept, dropped}] in stage order
+    query_rows: beam.PCollection  # {query_id, query, matched, kept}
+    languages: beam.PCollection  # (language, curated candidates)
+
+
+def _matched(pbegin, config: CurateConfig, label: str):
+    read = pbegin | f"{label}Read candidates" >> ReadCandidates(config.read)
+    normalised = read.kept | f"{label}Normalise captions" >> NormaliseCaptions(config.normalise)
+    matched = normalised.kept | f"{label}Match queries" >> MatchQueries(config.match)
+    return read, normalised, matched
+
+
+class CurateCandidates(beam.PTransform):
+    def __init__(self, config: CurateConfig):
+        super().__init__()
+        self._config = config
+
+    def expand(self, pbegin):
+        config = self._config
+        _, _, first_matched = _matched(pbegin, config, "Pass 1: ")
+        unique, duplicates = first_matched.kept | "Pass 1: find duplicate URLs" >> (
+            FindDuplicateUrls())
+        counts = unique | "Pass 1: count matches per query" >> CountQueryMatches()
+
+        read, normalised, matched = _matched(pbegin, config, "")
+        deduped = matched.kept | "Drop duplicate URLs" >> DropDuplicateUrls(duplicates)
+        balanced = deduped.kept | "Balance" >> BalanceQueries(config.balance, counts)
+        in_language = balanced.kept | "Filter language" >> FilterLanguage(config.language)
+        curated = in_language.kept | "Name queries" >> beam.ParDo(NameQueriesFn(config.match))
+
+        stages = {
+            Stage.READ: read, Stage.NORMALISE: normalised, Stage.MATCH: matched,
+            Stage.DEDUP_URL: deduped, Stage.BALANCE: balanced, Stage.LANGUAGE: in_language,
+        }
+        failures = tuple(s.failed for s in stages.values()) | "Text failures" >> beam.Flatten()
+        stage_kept = [
+            stage.kept
+            | f"Count {name}" >> beam.combiners.Count.Globally()
+            | f"Label {name}" >> beam.Map(lambda n, name=name: (name, n))
+            for name, stage in stages.items()
+        ] | "Stage counts" >> beam.Flatten()
+        dropped = (
+            failures
+            | "Stage and reason" >> beam.Map(lambda f: ((f["stage"], f["reason"]), 1))
+            | "Count drops" >> beam.CombinePerKey(sum)
+        )
+        stage_entries = (
+            pbegin
+            | "Once" >> beam.Create([None])
+            | "Stage entries" >> beam.Map(
+                lambda _, kept, dropped: text_stage_entries(kept, dropped),
+                kept=beam.pvalue.AsDict(stage_kept), dropped=beam.pvalue.AsDict(dropped))
+        )
+        kept_counts = curated | "Count kept per query" >> CountQueryMatches()
+        query_rows = (
+            {"matched": counts, "kept": kept_counts}
+            | "Join query counts" >> beam.CoGroupByKey()
+            | "Query rows" >> beam.ParDo(QueryRowsFn(config.match))
+        )
+        languages = (
+            curated
+            | "Languages" >> beam.Map(lambda c: c["language"])
+            | "Count languages" >> beam.combiners.Count.PerElement()
+        )
+        return CurateResult(curated, failures, stage_entries, query_rows, languages)
+
+
+def parquet_bytes(rows: list[dict], schema: pa.Schema) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+def write_query_counts(path: str, rows: list[dict], schema: pa.Schema) -> None:
+    rows = sorted(rows, key=lambda r: r["query_id"])
+    storage.write_bytes_atomic(path, parquet_bytes(rows, schema))
+
+
+def curate_stats(stage_entries: list[dict], languages: dict, query_rows: list[dict],
+                 config: CurateConfig) -> dict:
+    by_reason = collections.Counter()
+    for entry in stage_entries:
+        by_reason.update(entry["dropped"])
+    curated = stage_entries[-1]["kept"]
+    over_cap = sum(1 for r in query_rows if r["kept"] > config.balance.per_query_cap)
+    return {
+        "input_rows": stage_entries[0]["in"],
+        "curated": curated,
+        "stages": stage_entries,
+        "failures_by_reason": dict(by_reason.most_common()),
+        "languages": dict(sorted(languages.items(), key=lambda kv: -kv[1])),
+        "queries": {
+            "matched": sum(1 for r in query_rows if r["matched"]),
+            "kept": sum(1 for r in query_rows if r["kept"]),
+            "above_cap_before_download": over_cap,
+        },
+        "balance": {"per_query_cap": config.balance.per_query_cap,
+                    "oversample": config.balance.oversample, "target": config.balance.target},
+        "config": dataclasses.asdict(config),
+    }
+
+
+class WriteCuratedSummaryFn(beam.DoFn):
+    def __init__(self, config: CurateConfig):
+        self._config = config
+
+    def process(self, _, stage_entries, languages, query_rows):
+        output = self._config.output
+        write_query_counts(storage.join(output, QUERY_COUNTS_FILE), query_rows,
+                           QUERY_COUNTS_SCHEMA)
+        stats = curate_stats(stage_entries, dict(languages), query_rows, self._config)
+        storage.write_json_atomic(storage.join(output, STATS_FILE), stats)
+        yield stats
+
+
+def write_failures(failures, output: str, label: str = "Write text failures"):
+    return failures | label >> beam.io.WriteToParquet(
+        storage.join(output, FAILURES_FOLDER, TEXT_FAILURES_PREFIX), FAILURE_SCHEMA,
+        file_name_suffix=".parquet", row_group_buffer_size=PARQUET_ROW_GROUP_BYTES)
+
+
+class WriteCurated(beam.PTransform):
+    """CurateResult -> curated.parquet/, failures/, query_counts.parquet, stats.json."""
+
+    def __init__(self, config: CurateConfig):
+        super().__init__()
+        self._config = config
+
+    def expand(self, result: CurateResult):
+        output = self._config.output
+        result.curated | "Write curated" >> beam.io.WriteToParquet(
+            storage.join(output, CURATED_FOLDER, CURATED_PREFIX), CURATED_SCHEMA,
+            file_name_suffix=".parquet", row_group_buffer_size=PARQUET_ROW_GROUP_BYTES)
+        write_failures(result.failures, output)
+        return (
+            result.curated.pipeline
+            | "Summary once" >> beam.Create([None])
+            | "Write summary" >> beam.ParDo(
+                WriteCuratedSummaryFn(self._config),
+                stage_entries=beam.pvalue.AsSingleton(result.stage_entries),
+                languages=beam.pvalue.AsList(result.languages),
+                query_rows=beam.pvalue.AsList(result.query_rows))
+        )
+
+
+def with_local_runner(options: PipelineOptions) -> PipelineOptions:
+    """Beam's default runner first tries to download Prism; run locally unless told otherwise.
+
+    The DirectRunner runs in memory unless --direct_running_mode says otherwise.
+    """
+    standard = options.view_as(StandardOptions)
+    if standard.runner is None:
+        standard.runner = "DirectRunner"
+    return options
+
+
+def check_inputs(config: CurateConfig) -> None:
+    """Fail at launch, with the path in the message, rather than deep inside a worker."""
+    for pattern in config.read.candidates:
+        if not storage.glob(pattern):
+            raise ConfigError(f"--candidates {pattern!r} matches no file")
+    if config.match.queries is not None and not storage.glob(config.match.queries):
+        raise ConfigError(f"--queries {config.match.queries!r} does not exist")
+
+
+def clear_text_outputs(output: str) -> None:
+    """Removes what every run writes anew (Beam's part files would otherwise pile up)."""
+    storage.delete(
+        storage.glob(storage.join(output, CURATED_FOLDER, CURATED_PREFIX + "-*"))
+        + storage.glob(storage.join(output, FAILURES_FOLDER, TEXT_FAILURES_PREFIX + "-*"))
+    )
+
+
+def curate(config: CurateConfig, options: PipelineOptions) -> dict:
+    """Runs the curate pipeline to completion and returns its stats."""
+    FileSystems.set_options(options)
+    validate_curate(config)
+    check_inputs(config)
+    clear_text_outputs(config.output)
+    started = time.monotonic()
+    with beam.Pipeline(options=with_local_runner(options)) as pipeline:
+        result = pipeline | "Curate" >> CurateCandidates(config)
+        result | "Write" >> WriteCurated(config)
+    stats_path = storage.join(config.output, STATS_FILE)
+    stats = storage.read_json(stats_path)
+    stats["wall_seconds"] = round(time.monotonic() - started, 1)
+    storage.write_json_atomic(stats_path, stats)
+    return stats
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """`openwit curate`'s entry: openwit's and Beam's flags together, as on the command line."""
+    options = PipelineOptions(argv)
+    return curate(CurateConfig.from_options(options), options)
+
+
+def format_curate_summary(stats: dict) -> str:
+    lines = format_stage_table(stats["stages"])
+    queries, balance = stats["queries"], stats["balance"]
+    output = stats["config"]["output"]
+    lines += [
+        "",
+        f"{stats['curated']:,} of {stats['input_rows']:,} candidates curated to "
+        f"{output}/{CURATED_FOLDER}",
+        f"queries: {queries['matched']:,} matched, {queries['kept']:,} kept; balanced to "
+        f"{balance['target']:,.0f} per query (cap {balance['per_query_cap']:,} x oversample "
+        f"{balance['oversample']:g}); see query_counts.parquet",
+    ]
+    if "wall_seconds" in stats:
+        lines.append(f"wall time {stats['wall_seconds']:.1f} s")
+    return "\n".join(lines)
