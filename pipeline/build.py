@@ -36,6 +36,7 @@ from pipeline.curate import (
     CurateCandidates,
     check_inputs,
     clear_text_outputs,
+    clear_work_folder,
     with_local_runner,
     write_failures,
 )
@@ -188,6 +189,7 @@ def build(config: BuildConfig, options: PipelineOptions) -> dict:
     started = time.monotonic()
     with beam.Pipeline(options=with_local_runner(options)) as pipeline:
         pipeline | "Build corpus" >> BuildCorpus(config, completed)
+    clear_work_folder(output)
     balance = dataclasses.asdict(config.curate.balance)
     return _finish(output, started, {"balance": {**balance, "target": config.curate.balance.target}})
 
@@ -223,7 +225,8 @@ def download(config: FetchConfig, curated: str, options: PipelineOptions) -> dic
             storage.join(curated, CURATED_FOLDER, "*.parquet"))
         {
             "curated": curated_rows,
-            "text_entries": pipeline | "Curate stages" >> beam.Create([entries]),
+            "text_entries": pipeline | "Curate stages" >> beam.Create(
+                [{"stages": entries, "problems": []}]),
             "query_rows": pipeline | "Curated query counts" >> beam.Create(query_rows),
         } | "Fetch" >> FetchCorpus(config, run_config, completed)
     return _finish(output, started, {"balance": balance})

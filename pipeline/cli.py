@@ -76,8 +76,9 @@ def cmd_build(args, beam_args) -> int:
 def cmd_curate(args, beam_args) -> int:
     from pipeline.curate import format_curate_summary, run
 
-    print(format_curate_summary(run(args.raw_argv)))
-    return 0
+    stats = run(args.raw_argv)
+    print(format_curate_summary(stats))
+    return 1 if stats.get("accounting_problems") else 0
 
 
 def cmd_download(args, beam_args) -> int:

@@ -1,12 +1,16 @@
 """`openwit curate`: candidate lists -> a balanced, language-filtered list to download.
 
-    pass 1:  read -> normalise -> match -> find duplicate URLs -> count matches per query
-    pass 2:  read -> normalise -> match -> drop duplicate URLs -> balance -> language
+    pass 1:  read -> normalise -> match -> (matched candidates to _work/matched-*.parquet)
+                                        -> find duplicate URLs -> count matches per query
+    pass 2:  _work/matched-*.parquet -> drop duplicate URLs -> balance -> language
 
 Balancing needs every query's count over the whole pool before the first candidate can be
-sampled. Rather than hold the pool between the passes (memory growing with the pool), pass 2
-reads the lists again: only query counts and the losing keys of duplicate URLs cross from pass 1
-to pass 2, so memory stays flat as the pool grows, at the price of reading and matching twice.
+sampled. Rather than hold the pool in memory between the passes (memory growing with the
+pool), pass 1 writes the matched candidates to parquet files in the output folder and pass 2
+reads them back once the counts are known (Beam orders the two through the files' names, which
+the write emits when it is finished). Only the query counts and the losing keys of duplicate
+URLs cross from pass 1 to pass 2 in memory, so memory stays flat as the pool grows, and nothing
+is parsed, normalised or matched twice. The work folder is removed when the run succeeds.
 
 Order, cheapest first where a stage can drop: the text checks cost microseconds; URL dedup runs
 before counting so that a repeated URL does not count twice; language identification, the
@@ -40,12 +44,14 @@ from pipeline.match import MatchQueries, METACLIP_MODE
 from pipeline.normalise import NormaliseCaptions
 from pipeline.read import ReadCandidates
 from pipeline.records import FAILURE_SCHEMA, Stage
-from pipeline.summary import format_stage_table, text_stage_entries
+from pipeline.summary import check_curated, format_stage_table, text_stage_entries
 from queries.table import load_query_strings
 
 LOGGER = logging.getLogger("openwit")
 
 CURATED_FOLDER = "curated.parquet"
+WORK_FOLDER = "_work"
+MATCHED_PREFIX = "matched"
 CURATED_PREFIX = "part"
 FAILURES_FOLDER = "failures"
 TEXT_FAILURES_PREFIX = "text"
@@ -64,6 +70,10 @@ CURATED_SCHEMA = pa.schema(
         ("language", pa.string()),
         ("language_prob", pa.float64()),
     ]
+)
+MATCHED_SCHEMA = pa.schema(
+    [("key", pa.string()), ("url", pa.string()), ("caption", pa.string()),
+     ("query_ids", pa.list_(pa.int32()))]
 )
 QUERY_COUNTS_SCHEMA = pa.schema(
     [("query_id", pa.int32()), ("query", pa.string()), ("matched", pa.int64()),
@@ -110,16 +120,10 @@ class QueryRowsFn(beam.DoFn):
 class CurateResult(typing.NamedTuple):
     curated: beam.PCollection  # candidate dicts with the fields of CURATED_SCHEMA
     failures: beam.PCollection  # failure dicts of every text stage
-    stage_entries: beam.PCollection  # a singleton: [{stage, in, kept, dropped}] in stage order
+    stage_entries: beam.PCollection  # a singleton: {stages: [{stage, in, kept, dropped}] in
+    #                                   stage order, problems: [accounting problems]}
     query_rows: beam.PCollection  # {query_id, query, matched, kept}
     languages: beam.PCollection  # (language, curated candidates)
-
-
-def _matched(pbegin, config: CurateConfig, label: str):
-    read = pbegin | f"{label}Read candidates" >> ReadCandidates(config.read)
-    normalised = read.kept | f"{label}Normalise captions" >> NormaliseCaptions(config.normalise)
-    matched = normalised.kept | f"{label}Match queries" >> MatchQueries(config.match)
-    return read, normalised, matched
 
 
 class CurateCandidates(beam.PTransform):
@@ -129,13 +133,18 @@ class CurateCandidates(beam.PTransform):
 
     def expand(self, pbegin):
         config = self._config
-        _, _, first_matched = _matched(pbegin, config, "Pass 1: ")
-        unique, duplicates = first_matched.kept | "Pass 1: find duplicate URLs" >> (
-            FindDuplicateUrls())
-        counts = unique | "Pass 1: count matches per query" >> CountQueryMatches()
+        read = pbegin | "Read candidates" >> ReadCandidates(config.read)
+        normalised = read.kept | "Normalise captions" >> NormaliseCaptions(config.normalise)
+        matched = normalised.kept | "Match queries" >> MatchQueries(config.match)
+        matched_files = matched.kept | "Keep matched for pass 2" >> beam.io.WriteToParquet(
+            storage.join(config.output, WORK_FOLDER, MATCHED_PREFIX), MATCHED_SCHEMA,
+            file_name_suffix=".parquet", row_group_buffer_size=PARQUET_ROW_GROUP_BYTES)
+        unique, duplicates = matched.kept | "Find duplicate URLs" >> FindDuplicateUrls()
+        counts = unique | "Count matches per query" >> CountQueryMatches()
 
-        read, normalised, matched = _matched(pbegin, config, "")
-        deduped = matched.kept | "Drop duplicate URLs" >> DropDuplicateUrls(duplicates)
+        # Pass 2 starts when the matched files are complete and the counts are known.
+        rematched = matched_files | "Read matched back" >> beam.io.ReadAllFromParquet()
+        deduped = rematched | "Drop duplicate URLs" >> DropDuplicateUrls(duplicates)
         balanced = deduped.kept | "Balance" >> BalanceQueries(config.balance, counts)
         in_language = balanced.kept | "Filter language" >> FilterLanguage(config.language)
         curated = in_language.kept | "Name queries" >> beam.ParDo(NameQueriesFn(config.match))
@@ -145,23 +154,23 @@ class CurateCandidates(beam.PTransform):
             Stage.DEDUP_URL: deduped, Stage.BALANCE: balanced, Stage.LANGUAGE: in_language,
         }
         failures = tuple(s.failed for s in stages.values()) | "Text failures" >> beam.Flatten()
-        stage_kept = [
-            stage.kept
-            | f"Count {name}" >> beam.combiners.Count.Globally()
-            | f"Label {name}" >> beam.Map(lambda n, name=name: (name, n))
-            for name, stage in stages.items()
-        ] | "Stage counts" >> beam.Flatten()
         dropped = (
             failures
             | "Stage and reason" >> beam.Map(lambda f: ((f["stage"], f["reason"]), 1))
             | "Count drops" >> beam.CombinePerKey(sum)
         )
+        read_kept = read.kept | "Count read" >> beam.combiners.Count.Globally()
+        curated_count = curated | "Count curated" >> beam.combiners.Count.Globally()
+
+        def entries_and_check(read_kept, dropped, curated_count):
+            entries = text_stage_entries(read_kept, dropped)
+            return {"stages": entries, "problems": check_curated(entries, curated_count)}
+
         stage_entries = (
-            pbegin
-            | "Once" >> beam.Create([None])
+            read_kept
             | "Stage entries" >> beam.Map(
-                lambda _, kept, dropped: text_stage_entries(kept, dropped),
-                kept=beam.pvalue.AsDict(stage_kept), dropped=beam.pvalue.AsDict(dropped))
+                entries_and_check, dropped=beam.pvalue.AsDict(dropped),
+                curated_count=beam.pvalue.AsSingleton(curated_count))
         )
         kept_counts = curated | "Count kept per query" >> CountQueryMatches()
         query_rows = (
@@ -188,8 +197,10 @@ def write_query_counts(path: str, rows: list[dict], schema: pa.Schema) -> None:
     storage.write_bytes_atomic(path, parquet_bytes(rows, schema))
 
 
-def curate_stats(stage_entries: list[dict], languages: dict, query_rows: list[dict],
+def curate_stats(stage_entries: dict, languages: dict, query_rows: list[dict],
                  config: CurateConfig) -> dict:
+    problems = stage_entries["problems"]
+    stage_entries = stage_entries["stages"]
     by_reason = collections.Counter()
     for entry in stage_entries:
         by_reason.update(entry["dropped"])
@@ -206,6 +217,7 @@ def curate_stats(stage_entries: list[dict], languages: dict, query_rows: list[di
             "kept": sum(1 for r in query_rows if r["kept"]),
             "above_cap_before_download": over_cap,
         },
+        "accounting_problems": problems,
         "balance": {"per_query_cap": config.balance.per_query_cap,
                     "oversample": config.balance.oversample, "target": config.balance.target},
         "config": dataclasses.asdict(config),
@@ -281,6 +293,14 @@ def clear_text_outputs(output: str) -> None:
         storage.glob(storage.join(output, CURATED_FOLDER, CURATED_PREFIX + "-*"))
         + storage.glob(storage.join(output, FAILURES_FOLDER, TEXT_FAILURES_PREFIX + "-*"))
     )
+    clear_work_folder(output)
+
+
+def clear_work_folder(output: str) -> None:
+    storage.delete(storage.glob(storage.join(output, WORK_FOLDER, "*")))
+    work = storage.join(output, WORK_FOLDER)
+    if FileSystems.exists(work) and not storage.glob(storage.join(work, "*")):
+        FileSystems.delete([work])
 
 
 def curate(config: CurateConfig, options: PipelineOptions) -> dict:
@@ -293,6 +313,7 @@ def curate(config: CurateConfig, options: PipelineOptions) -> dict:
     with beam.Pipeline(options=with_local_runner(options)) as pipeline:
         result = pipeline | "Curate" >> CurateCandidates(config)
         result | "Write" >> WriteCurated(config)
+    clear_work_folder(config.output)
     stats_path = storage.join(config.output, STATS_FILE)
     stats = storage.read_json(stats_path)
     stats["wall_seconds"] = round(time.monotonic() - started, 1)
@@ -318,6 +339,8 @@ def format_curate_summary(stats: dict) -> str:
         f"{balance['target']:,.0f} per query (cap {balance['per_query_cap']:,} x oversample "
         f"{balance['oversample']:g}); see query_counts.parquet",
     ]
+    if stats.get("accounting_problems"):
+        lines.append("ACCOUNTING PROBLEMS: " + "; ".join(stats["accounting_problems"]))
     if "wall_seconds" in stats:
         lines.append(f"wall time {stats['wall_seconds']:.1f} s")
     return "\n".join(lines)

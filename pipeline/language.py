@@ -1,95 +1,106 @@
-"""Stage 4: keep captions in the wanted languages (langdetect, seeded).
+"""Keep captions in the wanted languages: langdetect's answers, seeded, computed in batches.
 
-langdetect draws random numbers while it detects; each worker builds its own `DetectorFactory`
-with the configured seed in `setup()` (never the library's global one), and every detector
-re-seeds per text, so a caption gets the same answer on every worker, in any order, on rerun.
+Each worker builds a `LanguageIdentifier` (pipeline/langid.py) in `setup()`: it gives exactly
+langdetect's answer for the configured seed (the same language and probability, bit for bit,
+tested against langdetect itself), but replays langdetect's random sampling for a whole batch
+of captions at once with numpy, about 20 times faster than one detector per caption. The
+DoFn therefore collects captions and identifies them `BATCH_SIZE` at a time.
 
-The stage runs after query matching: captions without a query never pay for detection.
-Repeated captions (boilerplate alt texts are common on the web) are answered from a per-worker
-cache.
+Every caption gets the same answer on every worker, in any order, on rerun: langdetect re-seeds
+per text, and so does the replay. The stage runs last among the text stages, on the candidates
+balancing kept. Repeated captions (boilerplate alt texts) are answered from a per-worker cache.
 """
 
 from __future__ import annotations
 
-import collections
-
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline.config import LanguageConfig
 from pipeline.progress import ProgressLog
-from pipeline.records import FAILED, KEPT, Reason, Stage, StageResult, tagged_failure
+from pipeline.records import FAILED, KEPT, Reason, Stage, StageResult, failure
 
 UNDETERMINED = "und"  # ISO 639-2 "undetermined": detection was not asked for
-CACHE_ENTRIES = 100_000
+BATCH_SIZE = 2048
 
 
 class LanguageDetector:
     """Best language and its probability for a text, or None when it has no letters to go on."""
 
     def __init__(self, seed: int):
-        from langdetect.detector_factory import PROFILES_DIRECTORY, DetectorFactory
+        from pipeline.langid import LanguageIdentifier
 
-        self._factory = DetectorFactory()
-        self._factory.load_profile(PROFILES_DIRECTORY)
-        self._factory.set_seed(seed)
-        self._cache: collections.OrderedDict[str, tuple[str, float] | None] = (
-            collections.OrderedDict()
-        )
+        self._identifier = LanguageIdentifier(seed)
 
     def detect(self, text: str) -> tuple[str, float] | None:
-        if text in self._cache:
-            self._cache.move_to_end(text)
-            return self._cache[text]
-        from langdetect.lang_detect_exception import LangDetectException
+        return self._identifier.detect(text)
 
-        detector = self._factory.create()
-        detector.append(text)
-        try:
-            best = detector.get_probabilities()[0]
-            answer = (best.lang, float(best.prob))
-        except (LangDetectException, IndexError):
-            answer = None
-        self._cache[text] = answer
-        if len(self._cache) > CACHE_ENTRIES:
-            self._cache.popitem(last=False)
-        return answer
+    def detect_many(self, texts: list[str]) -> list[tuple[str, float] | None]:
+        return self._identifier.detect_many(texts)
+
+
+def _in_global_window(value) -> WindowedValue:
+    # finish_bundle has no element to inherit a window from; curation runs in the global one.
+    return WindowedValue(value, 0, [GlobalWindow()])
+
+
+def language_verdict(config: LanguageConfig, answer: tuple[str, float] | None) -> str | None:
+    """The reason to drop a caption with this answer, or None to keep it."""
+    if answer is None:
+        return Reason.LANGUAGE_UNDETECTABLE
+    language, probability = answer
+    if language not in config.languages:
+        return Reason.LANGUAGE_NOT_WANTED
+    if probability < config.min_probability:
+        return Reason.LANGUAGE_UNCERTAIN
+    return None
 
 
 class FilterLanguageFn(beam.DoFn):
-    def __init__(self, config: LanguageConfig):
+    def __init__(self, config: LanguageConfig, batch_size: int = BATCH_SIZE):
         self._config = config
+        self._batch_size = batch_size
 
     def setup(self):
         self._detector = LanguageDetector(self._config.seed)
         self._detected = Metrics.counter("openwit", "language.detected")
         self._progress = ProgressLog("language")
 
-    def finish_bundle(self):
-        self._progress.log()
+    def start_bundle(self):
+        self._waiting: list[dict] = []
 
     def process(self, candidate):
-        answer = self._detector.detect(candidate["caption"])
-        self._detected.inc()
-        reason = self._rejection(answer)
-        if reason is not None:
-            self._progress.update(failed=1)
-            detail = "" if answer is None else f"{answer[0]} p={answer[1]:.2f}"
-            yield tagged_failure(candidate, Stage.LANGUAGE, reason, detail)
-            return
-        self._progress.update(ok=1)
-        language, probability = answer
-        yield {**candidate, "language": language, "language_prob": round(probability, 4)}
+        self._waiting.append(candidate)
+        if len(self._waiting) >= self._batch_size:
+            yield from self._identify()
 
-    def _rejection(self, answer: tuple[str, float] | None) -> str | None:
-        if answer is None:
-            return Reason.LANGUAGE_UNDETECTABLE
-        language, probability = answer
-        if language not in self._config.languages:
-            return Reason.LANGUAGE_NOT_WANTED
-        if probability < self._config.min_probability:
-            return Reason.LANGUAGE_UNCERTAIN
-        return None
+    def finish_bundle(self):
+        for output in self._identify():
+            if isinstance(output, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(output.tag, _in_global_window(output.value))
+            else:
+                yield _in_global_window(output)
+        self._progress.log()
+
+    def _identify(self):
+        candidates, self._waiting = self._waiting, []
+        if not candidates:
+            return
+        answers = self._detector.detect_many([c["caption"] for c in candidates])
+        self._detected.inc(len(candidates))
+        for candidate, answer in zip(candidates, answers):
+            reason = language_verdict(self._config, answer)
+            if reason is not None:
+                self._progress.update(failed=1)
+                detail = "" if answer is None else f"{answer[0]} p={answer[1]:.2f}"
+                yield beam.pvalue.TaggedOutput(
+                    FAILED, failure(candidate, Stage.LANGUAGE, reason, detail))
+                continue
+            self._progress.update(ok=1)
+            language, probability = answer
+            yield {**candidate, "language": language, "language_prob": round(probability, 4)}
 
 
 class FilterLanguage(beam.PTransform):

@@ -22,6 +22,8 @@ Two modes:
 
 from __future__ import annotations
 
+import re
+
 import ahocorasick
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -53,8 +55,18 @@ def metaclip_reference_match(text: str, entries: list[str]) -> list[int]:
     return [entry_id for entry_id, entry in enumerate(entries) if f" {entry} " in spaced]
 
 
-def _is_word_char(ch: str) -> bool:
-    return ch.isalnum() or ch == "_"
+# Word boundaries become a character of their own: "\x00" is put wherever a word character
+# (str.isalnum() or "_", exactly what `\b` separates) meets a non-word character or an end, in
+# captions and queries alike. "\x00dog\x00" then occurs in "\x00dog\x00's" but not in
+# "\x00dogs\x00", so the automaton reports only whole-word matches and no hit needs a check
+# in Python. A query that starts or ends with punctuation ("c++") has no marker on that side
+# and so needs no boundary there. Normalisation removes control characters from captions.
+_BOUNDARY = re.compile(r"\b")
+_MARK = "\x00"
+
+
+def mark_word_boundaries(text: str) -> str:
+    return _BOUNDARY.sub(_MARK, text)
 
 
 class QueryMatcher:
@@ -73,8 +85,9 @@ class QueryMatcher:
                 needle = f" {query} "
             else:
                 needle = self._fold(query) if self._fold else query
-                if not needle.strip():
+                if not needle.strip() or _MARK in needle:
                     continue
+                needle = mark_word_boundaries(needle)
             # Several queries can share a needle ("US" and "us" once folded): report them all.
             needles.setdefault(needle, []).append(query_id)
         for needle, ids in needles.items():
@@ -101,15 +114,9 @@ class QueryMatcher:
     def _match_words(self, text: str) -> list[int]:
         if not self.size or not text:
             return []
-        haystack = self._fold(text) if self._fold else text
-        last = len(haystack) - 1
+        haystack = mark_word_boundaries(self._fold(text) if self._fold else text)
         found: set[int] = set()
-        for end, (length, ids) in self._automaton.iter(haystack):
-            start = end - length + 1
-            if start > 0 and _is_word_char(haystack[start - 1]) and _is_word_char(haystack[start]):
-                continue
-            if end < last and _is_word_char(haystack[end + 1]) and _is_word_char(haystack[end]):
-                continue
+        for _, (_, ids) in self._automaton.iter(haystack):
             found.update(ids)
         return sorted(found)
 

@@ -29,18 +29,33 @@ REUSED_MARK = "reused_from_earlier_run"  # set on stats of shards this run did n
 _SHARD_FILE = re.compile(r"(?:shard-)?(\d+)(?:\.tar|\.parquet|_stats\.json)$")
 
 
-def text_stage_entries(stage_kept: dict, dropped: dict) -> list[dict]:
+def text_stage_entries(read_kept: int, dropped: dict) -> list[dict]:
     """[{stage, in, kept, dropped: {reason: n}}] for the curate stages, in order.
 
-    stage_kept: {stage: survivors}; dropped: {(stage, reason): n}.
+    read_kept: the candidates the read stage produced; dropped: {(stage, reason): n}. Each
+    later stage receives what the one before kept, so only the read stage's output and the
+    drops need counting (a count per stage would cost the pipeline a pass per stage); that the
+    last stage's derived survivors equal the candidates actually curated is checked by
+    `check_curated`, so a candidate lost without a failure record still shows.
     """
     entries = []
+    received = None
     for stage in Stage.TEXT:
         reasons = {reason: n for (s, reason), n in sorted(dropped.items()) if s == stage}
-        kept = stage_kept.get(stage, 0)
-        entries.append({"stage": stage, "in": kept + sum(reasons.values()), "kept": kept,
-                        "dropped": reasons})
+        if received is None:
+            received = read_kept + sum(reasons.values())
+        kept = received - sum(reasons.values())
+        entries.append({"stage": stage, "in": received, "kept": kept, "dropped": reasons})
+        received = kept
     return entries
+
+
+def check_curated(entries: list[dict], curated: int) -> list[str]:
+    expected = entries[-1]["kept"]
+    if expected == curated:
+        return []
+    return [f"{entries[-1]['stage']} should have kept {expected} (its input less its "
+            f"failures) but {curated} were curated"]
 
 
 def corpus_stats(text_entries: list[dict], shard_stats: list[dict], num_shards: int) -> dict:
@@ -145,6 +160,8 @@ class FinalizeFn(beam.DoFn):
         self._run_config = run_config
 
     def process(self, _, text_entries, shard_stats, num_shards, query_rows):
+        curate_problems = text_entries["problems"]
+        text_entries = text_entries["stages"]
         shard_stats = sorted(shard_stats, key=lambda s: s["shard"])
         shards_folder = storage.join(self._output, SHARDS_FOLDER)
         failures_folder = storage.join(self._output, FAILURES_FOLDER)
@@ -172,7 +189,7 @@ class FinalizeFn(beam.DoFn):
         }
         cap = self._run_config["cap"]["per_query_cap"]
         stats["queries"]["above_cap"] = sum(1 for r in rows if r["written"] > cap)
-        stats["accounting_problems"] = check_accounting(stats)
+        stats["accounting_problems"] = curate_problems + check_accounting(stats)
         stats["config"] = self._run_config
         storage.write_json_atomic(storage.join(self._output, "stats.json"), stats)
         yield stats

@@ -22,7 +22,13 @@ from pipeline.shards import (
     shard_of,
     shard_paths,
 )
-from pipeline.summary import check_accounting, corpus_stats, stale_shard_files, text_stage_entries
+from pipeline.summary import (
+    check_accounting,
+    check_curated,
+    corpus_stats,
+    stale_shard_files,
+    text_stage_entries,
+)
 
 
 def sample(i, image=None):
@@ -166,7 +172,11 @@ def test_corpus_stats_account_for_every_candidate():
         {"shard": 1, "plan": {"candidates": 15}, "written": 15, "tar_bytes": 50, "dropped": {},
          "languages": {"en": 15}},
     ]
-    entries = text_stage_entries(stage_kept, text_dropped)
+    entries = text_stage_entries(stage_kept["read"], text_dropped)
+    assert [e["kept"] for e in entries] == [stage_kept[s] for s in Stage.TEXT]
+    assert check_curated(entries, 40) == []
+    assert check_curated(entries, 39) == [
+        "language should have kept 40 (its input less its failures) but 39 were curated"]
     assert [e["in"] for e in entries] == [100, 90, 85, 60, 58, 50]
     stats = corpus_stats(entries, shards, 2)
     assert stats["input_rows"] == 100 and stats["written"] == 34
@@ -174,10 +184,8 @@ def test_corpus_stats_account_for_every_candidate():
     assert [(s["in"], s["kept"]) for s in stats["stages"][-3:]] == [(40, 37), (37, 35), (35, 34)]
     assert check_accounting(stats) == []
     assert stats["failures_by_reason"]["no_query_match"] == 25
-    broken = corpus_stats(text_stage_entries({**stage_kept, "balance": 51}, text_dropped),
-                          shards, 2)
-    assert check_accounting(broken) == ["dedup_url kept 58 but balance received 59",
-                                        "balance kept 51 but language received 50"]
+    broken = corpus_stats(entries, [*shards, {**shards[1], "shard": 2}], 3)
+    assert check_accounting(broken) == ["language kept 40 but download received 55"]
     short = corpus_stats(entries, [{**shards[0], "written": 18}, shards[1]], 2)
     assert check_accounting(short) == ["cap kept 34 but the shards hold 33"]
 
