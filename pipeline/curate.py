@@ -1,16 +1,17 @@
 """`openwit curate`: candidate lists -> a balanced, language-filtered list to download.
 
-    pass 1:  read -> normalise -> match -> (matched candidates to _work/matched-*.parquet)
-                                        -> find duplicate URLs -> count matches per query
-    pass 2:  _work/matched-*.parquet -> drop duplicate URLs -> balance -> language
+    pass 1:  read -> normalise -> match -> _work/matched-*.parquet
+                                        -> find duplicate URLs
+    pass 2:  _work/matched-*.parquet (row, query ids) -> drop duplicate URLs -> count per query
+    pass 3:  _work/matched-*.parquet -> drop duplicate URLs -> balance -> language
 
-Balancing needs every query's count over the whole pool before the first candidate can be
-sampled. Rather than hold the pool in memory between the passes (memory growing with the
-pool), pass 1 writes the matched candidates to parquet files in the output folder and pass 2
-reads them back once the counts are known (Beam orders the two through the files' names, which
-the write emits when it is finished). Only the query counts and the losing keys of duplicate
-URLs cross from pass 1 to pass 2 in memory, so memory stays flat as the pool grows, and nothing
-is parsed, normalised or matched twice. The work folder is removed when the run succeeds.
+Balancing needs every query's count over the whole (URL-deduplicated) pool before the first
+candidate can be sampled. Rather than hold the pool in memory between the passes (memory
+growing with the pool), pass 1 writes the matched candidates to parquet files in the output
+folder, and the later passes read them back (Beam orders them through the files' names, which
+the write emits once it is finished). Only the query counts and the rows that lost URL dedup
+cross between passes in memory, so memory stays nearly flat as the pool grows, and nothing is
+parsed, normalised or matched twice. The work folder is removed when the run succeeds.
 
 Order, cheapest first where a stage can drop: the text checks cost microseconds; URL dedup runs
 before counting so that a repeated URL does not count twice; language identification, the
@@ -73,7 +74,7 @@ CURATED_SCHEMA = pa.schema(
 )
 MATCHED_SCHEMA = pa.schema(
     [("key", pa.string()), ("url", pa.string()), ("caption", pa.string()),
-     ("query_ids", pa.list_(pa.int32()))]
+     ("row", pa.int64()), ("query_ids", pa.list_(pa.int32()))]
 )
 QUERY_COUNTS_SCHEMA = pa.schema(
     [("query_id", pa.int32()), ("query", pa.string()), ("matched", pa.int64()),
@@ -139,11 +140,17 @@ class CurateCandidates(beam.PTransform):
         matched_files = matched.kept | "Keep matched for pass 2" >> beam.io.WriteToParquet(
             storage.join(config.output, WORK_FOLDER, MATCHED_PREFIX), MATCHED_SCHEMA,
             file_name_suffix=".parquet", row_group_buffer_size=PARQUET_ROW_GROUP_BYTES)
-        unique, duplicates = matched.kept | "Find duplicate URLs" >> FindDuplicateUrls()
-        counts = unique | "Count matches per query" >> CountQueryMatches()
+        duplicates = matched.kept | "Find duplicate URLs" >> FindDuplicateUrls()
 
-        # Pass 2 starts when the matched files are complete and the counts are known.
-        rematched = matched_files | "Read matched back" >> beam.io.ReadAllFromParquet()
+        # Pass 2 counts the unique candidates; it starts when the files are complete.
+        counts = (
+            matched_files
+            | "Pass 2: read" >> beam.io.ReadAllFromParquet(columns=["row", "query_ids"])
+            | "Pass 2: without duplicate URLs" >> DropDuplicateUrls(duplicates)
+        ).kept | "Count matches per query" >> CountQueryMatches()
+
+        # Pass 3 samples with the counts and identifies languages.
+        rematched = matched_files | "Pass 3: read" >> beam.io.ReadAllFromParquet()
         deduped = rematched | "Drop duplicate URLs" >> DropDuplicateUrls(duplicates)
         balanced = deduped.kept | "Balance" >> BalanceQueries(config.balance, counts)
         in_language = balanced.kept | "Filter language" >> FilterLanguage(config.language)

@@ -3,8 +3,10 @@
 Both keep the member with the smallest sample key, so the survivor does not depend on the
 order in which workers see the elements.
 
-URL dedup is split in two so that curation can run over its input twice without holding it:
-pass 1 finds the losers (shuffling keys and query ids, not captions), pass 2 drops them.
+URL dedup is split in two so that curation can run over its input more than once without
+holding it: `FindDuplicateUrls` names the losers (shuffling four integers per candidate, not
+captions), `DropDuplicateUrls` drops them wherever the candidates pass again. Two copies of
+the same row (same key) are duplicates too: the row id tells them apart.
 
 Image dedup shuffles only (sha256, key, shard) triples, never the image bytes: its output is
 the list of losing keys per shard, which the shard writer joins with the shard's samples (the
@@ -13,11 +15,14 @@ images cross the network once, to their shard).
 
 from __future__ import annotations
 
+import array
+import hashlib
 import urllib.parse
 
 import apache_beam as beam
+import numpy as np
 
-from pipeline.records import FAILED, KEPT, Reason, Stage, StageResult, failure
+from pipeline.records import KEY_HEX_CHARS, FAILED, KEPT, Reason, Stage, StageResult, failure
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -37,42 +42,78 @@ def canonical_url(url: str) -> str:
     return urllib.parse.urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
 
 
-def _split_winner(url_and_members):
-    """(url, [(key, query_ids)]) -> winner's query ids (main), (loser, winner) keys (tagged)."""
-    _, members = url_and_members
-    ordered = sorted(members)
-    winner_key, winner_query_ids = ordered[0]
-    yield {"key": winner_key, "query_ids": winner_query_ids}
-    for loser_key, _ in ordered[1:]:
-        if loser_key != winner_key:  # the same row listed twice is still one candidate
-            yield beam.pvalue.TaggedOutput(DUPLICATES, (loser_key, winner_key))
+URL_BUCKETS = 1024
 
 
-DUPLICATES = "duplicates"
+_KEY_OFFSET = 2**63  # 16-hex-digit keys as signed 64-bit integers, order kept
+
+
+def _url_entry(candidate):
+    """candidate -> (bucket, (url hash high, url hash low, key, row)), four signed 64-bit
+    integers (what Beam's integer coder carries)."""
+    digest = hashlib.blake2b(canonical_url(candidate["url"]).encode("utf-8", "surrogatepass"),
+                             digest_size=16).digest()
+    high = int.from_bytes(digest[:8], "big", signed=True)
+    low = int.from_bytes(digest[8:], "big", signed=True)
+    key = int(candidate["key"], 16) - _KEY_OFFSET
+    return low % URL_BUCKETS, (high, low, key, candidate["row"])
+
+
+class _DuplicatesInBucket(beam.CombineFn):
+    """Collects a bucket's URL entries in a flat array of 64-bit integers (32 bytes per
+    candidate, not a Python object per candidate) and names the losers at the end."""
+
+    def create_accumulator(self):
+        return array.array("q")
+
+    def add_input(self, entries, entry):
+        entries.extend(entry)
+        return entries
+
+    def merge_accumulators(self, accumulators):
+        accumulators = iter(accumulators)
+        merged = next(accumulators)
+        for entries in accumulators:
+            merged.extend(entries)
+        return merged
+
+    def extract_output(self, entries):
+        """[(loser row, winner key)]: per URL, the smallest (key, row) wins."""
+        table = np.frombuffer(entries, dtype=np.int64).reshape(-1, 4)
+        if not len(table):
+            return []
+        order = np.lexsort((table[:, 3], table[:, 2], table[:, 1], table[:, 0]))
+        table = table[order]
+        same_url = np.all(table[1:, :2] == table[:-1, :2], axis=1)
+        first_of_url = np.concatenate([[True], ~same_url])
+        winner_index = np.maximum.accumulate(np.where(first_of_url, np.arange(len(table)), 0))
+        losers = np.flatnonzero(~first_of_url)
+        return [(int(table[i, 3]),
+                 f"{int(table[winner_index[i], 2]) + _KEY_OFFSET:0{KEY_HEX_CHARS}x}")
+                for i in losers]
 
 
 class FindDuplicateUrls(beam.PTransform):
-    """Matched candidates -> (unique, duplicates).
+    """Candidates -> (loser row, winner key) for every candidate whose canonical URL an
+    earlier one (the smallest key, then the smallest row) already has.
 
-    unique: {key, query_ids} of one candidate per canonical URL (the one counting counts);
-    duplicates: (loser key, winner key) for every other one. Only keys and query ids cross
-    the shuffle, never captions.
+    Only four integers per candidate cross the shuffle, collected per bucket of URL hashes in
+    compact arrays: a local runner's memory grows by ~32 bytes per candidate, where grouping
+    by URL would hold several hundred. The 128-bit URL hash makes a false duplicate
+    vanishingly unlikely (about 1 in 10^20 for a billion URLs).
     """
 
     def expand(self, candidates):
-        result = (
+        return (
             candidates
-            | "By canonical URL" >> beam.Map(
-                lambda c: (canonical_url(c["url"]), (c["key"], c["query_ids"])))
-            | "Group by URL" >> beam.GroupByKey()
-            | "Smallest key wins" >> beam.FlatMap(_split_winner).with_outputs(
-                DUPLICATES, main=KEPT)
+            | "URL hash, key and row" >> beam.Map(_url_entry)
+            | "Per URL bucket" >> beam.CombinePerKey(_DuplicatesInBucket())
+            | "Losers" >> beam.FlatMap(lambda bucket_and_losers: bucket_and_losers[1])
         )
-        return result[KEPT], result[DUPLICATES]
 
 
 def _drop_duplicate(candidate, losers):
-    winner = losers.get(candidate["key"])
+    winner = losers.get(candidate["row"])
     if winner is None:
         yield candidate
     else:
@@ -99,7 +140,7 @@ class DedupUrls(beam.PTransform):
     """Candidates -> StageResult: one candidate per canonical URL, the smallest key."""
 
     def expand(self, candidates):
-        _, duplicates = candidates | "Find" >> FindDuplicateUrls()
+        duplicates = candidates | "Find" >> FindDuplicateUrls()
         return candidates | "Drop" >> DropDuplicateUrls(duplicates)
 
 

@@ -27,7 +27,16 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from pipeline.config import ReadConfig
-from pipeline.records import FAILED, KEPT, Reason, Stage, StageResult, failure, sample_key
+from pipeline.records import (
+    FAILED,
+    KEPT,
+    Reason,
+    Stage,
+    StageResult,
+    failure,
+    sample_key,
+    stable_hash64,
+)
 
 URL_COLUMNS = ("url", "URL", "image_url", "imageurl", "link")
 CAPTION_COLUMNS = ("caption", "TEXT", "text", "alt", "alt_text", "title")
@@ -101,7 +110,9 @@ def row_to_candidate(url, caption, where: str):
         record = {"key": sample_key(shown_url or "", caption), "url": shown_url, "caption": caption}
         return failure(record, Stage.READ, reason, f"{where}: url={url!r}"[:200])
     url = url.strip()
-    return {"key": sample_key(url, caption), "url": url, "caption": caption}
+    # `row` tells apart two copies of one row (same key): URL dedup keeps exactly one.
+    return {"key": sample_key(url, caption), "url": url, "caption": caption,
+            "row": stable_hash64(where) >> 1}  # 63 bits: Beam's integer coder is signed
 
 
 class SplitIntoUnits(beam.DoFn):

@@ -226,3 +226,36 @@ def test_demo_quick_from_the_command_line(tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "read back" in completed.stdout and "written in" in completed.stdout
     assert glob.glob(str(tmp_path / "corpus" / "shards" / "*.tar"))
+
+
+def test_curate_then_download_equals_build(web, corpus, tmp_path):
+    # The two halves run as separate jobs; the shards must be the ones `openwit build` wrote.
+    curated = tmp_path / "curated"
+    common = ["--candidates", str(web.candidates_path), "--queries", str(web.queries_path)]
+    assert main(["curate", *common, "--output", str(curated)]) == 0
+    assert main(["download", "--curated", str(curated), "--output", str(curated),
+                 "--allow-private-hosts", "true", "--timeout", "2", "--samples-per-shard", "60",
+                 "--download-threads", "16"]) == 0
+    for name in sorted(os.listdir(corpus / "shards")):
+        if name.endswith((".tar", ".parquet", "sizes.json")):
+            assert (corpus / "shards" / name).read_bytes() == \
+                (curated / "shards" / name).read_bytes(), name
+    stats = json.loads((curated / "stats.json").read_text())
+    assert stats["accounting_problems"] == []
+    assert [s["stage"] for s in stats["stages"]] == list(Stage.ORDER)
+    assert stats["written"] == json.loads((corpus / "stats.json").read_text())["written"]
+
+
+def test_exact_cap_after_download(web, tmp_path):
+    assert main(build_args(web, tmp_path, "--per-query-cap", "12")) == 0
+    rows = pq.read_table(tmp_path / "query_counts.parquet").to_pylist()
+    assert rows and max(r["written"] for r in rows) == 12
+    assert all(r["kept"] >= r["written"] for r in rows)
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    cap_stage = stats["stages"][-1]
+    assert cap_stage["stage"] == Stage.CAP and cap_stage["dropped"][Reason.OVER_QUERY_CAP] > 0
+    assert stats["queries"]["above_cap"] == 0 and stats["accounting_problems"] == []
+    _, written = outcomes(tmp_path)
+    per_query = collections.Counter(q for s in written.values()
+                                    for q in json.loads(s["json"])["queries"])
+    assert max(per_query.values()) == 12

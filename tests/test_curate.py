@@ -19,12 +19,13 @@ from pipeline.config import BalanceConfig, CapConfig
 from pipeline.dedup import DropDuplicateUrls, FindDuplicateUrls
 from pipeline.match import QueryMatcher, metaclip_reference_match, metaclip_spacing
 from pipeline.normalise import normalise_caption
-from pipeline.records import Reason, Stage, sample_key
+from pipeline.records import Reason, Stage, sample_key, stable_hash64
 
 
-def candidate(url, caption, query_ids=()):
+def candidate(url, caption, query_ids=(), row=None):
     return {"key": sample_key(url, caption), "url": url, "caption": caption,
-            "query_ids": list(query_ids)}
+            "query_ids": list(query_ids),
+            "row": stable_hash64(url, caption) >> 1 if row is None else row}
 
 
 # --- MetaCLIP matching -----------------------------------------------------------------------
@@ -201,21 +202,37 @@ def test_balance_over_samples_by_the_factor():
 def test_find_and_drop_duplicate_urls():
     same = [candidate("http://a.test/x.jpg", f"caption {i}", [i]) for i in range(4)]
     same.append(candidate("HTTP://A.TEST/x.jpg#top", "another spelling", [9]))
-    other = candidate("http://a.test/y.jpg", "other", [7])
+    other = candidate("http://a.test/y.jpg", "other", [7], row=5)
+    again = {**other, "row": 3}  # the same row listed twice: one copy is a duplicate
     winner = min(same, key=lambda c: c["key"])
     with beam_test_pipeline() as p:
-        candidates = p | beam.Create([*same, other, dict(other)])
-        unique, duplicates = candidates | FindDuplicateUrls()
-        assert_that(unique | beam.Map(lambda u: (u["key"], tuple(u["query_ids"]))),
-                    equal_to([(winner["key"], tuple(winner["query_ids"])),
-                              (other["key"], (7,))]), label="unique")
+        candidates = p | beam.Create([*same, other, again])
+        duplicates = candidates | FindDuplicateUrls()
+        assert_that(duplicates, equal_to(
+            [(c["row"], winner["key"]) for c in same if c is not winner]
+            + [(5, other["key"])]), label="duplicates")
         result = candidates | DropDuplicateUrls(duplicates)
         assert_that(result.failed | beam.Map(lambda f: (f["reason"], f["detail"])),
-                    equal_to([(Reason.DUPLICATE_URL, f"same URL as {winner['key']}")] * 4),
+                    equal_to([(Reason.DUPLICATE_URL, f"same URL as {winner['key']}")] * 4
+                             + [(Reason.DUPLICATE_URL, f"same URL as {other['key']}")]),
                     label="failed")
-        # The same row listed twice is one candidate that appears twice, not a duplicate URL.
-        assert_that(result.kept | beam.Map(lambda c: c["key"]),
-                    equal_to([winner["key"], other["key"], other["key"]]), label="kept")
+        assert_that(result.kept | beam.Map(lambda c: (c["key"], c["row"])),
+                    equal_to([(winner["key"], winner["row"]), (other["key"], 3)]), label="kept")
+
+
+def test_find_duplicate_urls_over_many_buckets():
+    rng = random.Random(2)
+    pool = [candidate(f"http://h{rng.randrange(300)}.test/{rng.randrange(3)}.jpg", f"c {i}")
+            for i in range(3000)]
+    by_url = collections.defaultdict(list)
+    for c in pool:
+        by_url[c["url"]].append(c)
+    expected = []
+    for members in by_url.values():
+        winner = min(members, key=lambda c: (c["key"], c["row"]))
+        expected += [(c["row"], winner["key"]) for c in members if c is not winner]
+    with beam_test_pipeline() as p:
+        assert_that(p | beam.Create(pool) | FindDuplicateUrls(), equal_to(expected))
 
 
 # --- the exact cap after download ------------------------------------------------------------

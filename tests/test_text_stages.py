@@ -13,12 +13,12 @@ from pipeline.dedup import DedupUrls, canonical_url
 from pipeline.language import FilterLanguage, LanguageDetector
 from pipeline.match import MatchQueries, QueryMatcher
 from pipeline.normalise import NormaliseCaptions, normalise_caption
-from pipeline.records import Reason, sample_key
+from pipeline.records import Reason, sample_key, stable_hash64
 
 
 def candidate(url, caption, queries=None, query_ids=None):
     c = {"key": sample_key(url, caption), "url": url, "caption": caption,
-         "query_ids": query_ids or []}
+         "query_ids": query_ids or [], "row": stable_hash64(url, caption) >> 1}
     if queries is not None:
         c["queries"] = queries
     return c
