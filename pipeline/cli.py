@@ -123,7 +123,9 @@ DEMO_PORT = 8642
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from pipeline.config import add_build_arguments
+    import functools
+
+    from pipeline.config import CURATE_FLAGS, DOWNLOAD_FLAGS, add_build_arguments
     from queries.config import add_queries_arguments
 
     parser = argparse.ArgumentParser(
@@ -135,9 +137,11 @@ def make_parser() -> argparse.ArgumentParser:
 
     pipeline_commands = [
         ("curate", "candidate lists -> matched, balanced, language-filtered candidates",
-         CURATE_EPILOG, add_build_arguments, cmd_curate),
+         CURATE_EPILOG, functools.partial(add_build_arguments, sections=CURATE_FLAGS),
+         cmd_curate),
         ("download", "curated candidates (`openwit curate`'s output) -> WebDataset shards",
-         DOWNLOAD_EPILOG, add_build_arguments, cmd_download),
+         DOWNLOAD_EPILOG, functools.partial(add_build_arguments, sections=DOWNLOAD_FLAGS),
+         cmd_download),
         ("build", "candidate URL/caption lists -> WebDataset shards (curate + download)",
          BUILD_EPILOG, add_build_arguments, cmd_build),
         ("queries", "build the concept query table (Wikipedia, WordNet, word frequencies)",

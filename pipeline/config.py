@@ -233,10 +233,35 @@ def flag_group(parser, title: str) -> _SharedFlagGroup:
     return _SharedFlagGroup(parser.add_argument_group(title))
 
 
-def add_build_arguments(parser) -> None:
-    """The flags of `openwit build`; shared by its --help and by `BuildOptions` parsing."""
+CURATE_FLAGS = ("input", "text")
+DOWNLOAD_FLAGS = ("fetch",)
+BUILD_FLAGS = CURATE_FLAGS + DOWNLOAD_FLAGS
+
+
+def add_build_arguments(parser, sections: tuple[str, ...] = BUILD_FLAGS) -> None:
+    """The flags of `openwit build` (all sections), `curate` (input, text) or `download`
+    (fetch); shared by their --help and by `BuildOptions` parsing, which takes them all."""
     d = DownloadConfig()
-    g = flag_group(parser, "input")
+    g = flag_group(parser, "input and output")
+    g.add_argument("--output", default=None, help="output folder (local or s3:// / gs://)")
+    if "fetch" in sections:
+        g.add_argument("--curated", default=None,
+                       help="`openwit download`: the output folder of `openwit curate`")
+    if "input" in sections:
+        _add_input_arguments(g)
+    if "text" in sections:
+        _add_text_arguments(flag_group(parser, "text stages"))
+    else:
+        g = flag_group(parser, "cap")
+        g.add_argument("--per-query-cap", "--per_query_cap", type=int, default=None,
+                       help="at most this many samples per query (default: the cap curation "
+                            "balanced for)")
+        g.add_argument("--seed", type=int, default=0, help="seed for every random decision")
+    if "fetch" in sections:
+        _add_fetch_arguments(flag_group(parser, "download"), d)
+
+
+def _add_input_arguments(g) -> None:
     g.add_argument("--candidates", action="append", default=None, metavar="PATH",
                    help="candidate list(s): parquet, csv, tsv or jsonl; a file or a glob, local or "
                         "any Beam filesystem (s3://, gs://); repeat for several")
@@ -247,12 +272,13 @@ def add_build_arguments(parser) -> None:
                    help="URL column (default: the first of url, URL, image_url, link)")
     g.add_argument("--caption-col", "--caption_col", default=None,
                    help="caption column (default: the first of caption, TEXT, text, alt, alt_text)")
-    g.add_argument("--output", default=None, help="output folder (local or s3:// / gs://)")
 
-    g = flag_group(parser, "text stages")
+
+def _add_text_arguments(g) -> None:
     g.add_argument("--queries", default=None,
-                   help="query table: text (one per line) or parquet with a `query` column; "
-                        "without it every caption is kept and no per-query cap applies")
+                   help="query table: text (one per line), a JSON list (MetaCLIP's "
+                        "metadata.json) or parquet with a `query` column; without it every "
+                        "caption is kept and nothing is balanced")
     g.add_argument("--case-sensitive", "--case_sensitive", type=parse_flag, default=False,
                    help="match queries case-sensitively (default false)")
     g.add_argument("--match-mode", "--match_mode", default="word", choices=["word", "metaclip"],
@@ -273,9 +299,8 @@ def add_build_arguments(parser) -> None:
                         f"(default {BalanceConfig.oversample}; 1 = MetaCLIP's t exactly)")
     g.add_argument("--seed", type=int, default=0, help="seed for every random decision")
 
-    g = flag_group(parser, "download")
-    g.add_argument("--curated", default=None,
-                   help="`openwit download`: the output folder of `openwit curate`")
+
+def _add_fetch_arguments(g, d: DownloadConfig) -> None:
     g.add_argument("--download-threads", "--download_threads", type=int, default=d.threads)
     g.add_argument("--timeout", type=float, default=d.timeout,
                    help="seconds for a whole response (a server that trickles bytes is cut off)")
@@ -300,8 +325,6 @@ def add_build_arguments(parser) -> None:
     g.add_argument("--max-image-area", "--max_image_area", type=float, default=d.max_image_area)
     g.add_argument("--max-aspect-ratio", "--max_aspect_ratio", type=float,
                    default=d.max_aspect_ratio)
-
-    g = flag_group(parser, "output")
     g.add_argument("--samples-per-shard", "--samples_per_shard", type=int,
                    default=ShardConfig.samples_per_shard,
                    help="candidates per shard before download (img2dataset's convention)")
