@@ -10,7 +10,7 @@ from helpers import beam_test_pipeline
 from pipeline.cap import CapPerQuery, cap_priority
 from pipeline.config import CapConfig, LanguageConfig, MatchConfig, NormaliseConfig
 from pipeline.dedup import DedupUrls, canonical_url
-from pipeline.language import FilterLanguage, LanguageDetector
+from pipeline.language import FilterLanguage, FilterLanguageFn, LanguageDetector
 from pipeline.match import MatchQueries, QueryMatcher
 from pipeline.normalise import NormaliseCaptions, normalise_caption
 from pipeline.records import Reason, sample_key, stable_hash64
@@ -134,6 +134,34 @@ def test_language_stage():
         assert_that(result.failed | beam.Map(lambda f: (f["url"], f["reason"])),
                     equal_to([("http://a/2", Reason.LANGUAGE_NOT_WANTED),
                               ("http://a/4", Reason.LANGUAGE_UNDETECTABLE)]), label="failed")
+
+
+def test_language_stage_in_small_batches_gives_langdetects_answers():
+    from langdetect.detector_factory import PROFILES_DIRECTORY, DetectorFactory
+
+    factory = DetectorFactory()
+    factory.load_profile(PROFILES_DIRECTORY)
+    factory.set_seed(0)
+
+    def langdetect_answer(text):
+        detector = factory.create()
+        detector.append(text)
+        best = detector.get_probabilities()[0]
+        return best.lang, round(best.prob, 4)
+
+    texts = [ENGLISH, FRENCH, GERMAN, "Four green squares", "logo design", "red circle",
+             "un carré vert", "ein grünes Quadrat", "Photo of a dog", ENGLISH]
+    inputs = [candidate(f"http://a/{i}", text, []) for i, text in enumerate(texts)]
+    from pipeline.langid import LanguageIdentifier
+
+    every_language = tuple(LanguageIdentifier(0).languages)  # so that nothing is dropped
+    config = LanguageConfig(languages=every_language, min_probability=0.0)
+    with beam_test_pipeline() as p:
+        result = p | beam.Create(inputs) | beam.ParDo(
+            FilterLanguageFn(config, batch_size=3)).with_outputs("failed", main="kept")
+        assert_that(result.kept | beam.Map(lambda c: (c["caption"], c["language"],
+                                                       c["language_prob"])),
+                    equal_to([(t, *langdetect_answer(t)) for t in texts]))
 
 
 def test_language_uncertain_below_min_probability():
