@@ -2,7 +2,7 @@
 
     python benchmarks/bench_language.py --captions 5000 --repeats 3
     python benchmarks/bench_language.py --parquet candidates.parquet --captions 30000 \
-        --batch 2048 --skip-langdetect
+        --batch 2048 --langdetect-captions 5000
 
 With --parquet, captions are the `caption` column of that file (e.g. the curate benchmark's
 candidates.parquet) instead of generated ones.  Speeds are captions per CPU second
@@ -12,7 +12,10 @@ Captions are generated (seeded) from wordfreq's frequent words: ~90% English, ~1
 languages, 1-20 words, some capitalised or upper case, some with file names, numbers or URLs.
 They are unique and the identifier's answer cache is disabled, so every caption is detected;
 its per-word n-gram cache is on (it is part of the method) and is cold only in the first
-repeat.  All three methods run on the same captions in the same process, one after another.
+repeat.  Each engine of LanguageIdentifier (--engines numba,numpy) has its own identifier;
+all methods run on the same captions in the same process, one after another, and each
+engine's answers are compared with plain langdetect's (--langdetect-captions N: on the first
+N only, it is slow) and with the first engine's.
 """
 
 from __future__ import annotations
@@ -96,20 +99,20 @@ def timed(function, captions):
     return len(captions) / (time.process_time() - start), answers
 
 
-def agreement(expected, got) -> tuple[float, float, float]:
-    """Share with the same decision, share with |prob diff| < 1e-3, largest prob diff."""
-    same = close = 0
+def agreement(expected, got) -> tuple[int, int, float]:
+    """Answers exactly the same (language and probability, or both None), answers with the
+    same decision, largest probability difference where the language is the same."""
+    exact = same = 0
     largest = 0.0
     for a, b in zip(expected, got):
+        exact += a == b
         if a is None or b is None:
             same += a is b
-            close += a is b
             continue
         same += a[0] == b[0]
-        diff = abs(a[1] - b[1]) if a[0] == b[0] else 1.0
-        close += diff < 1e-3
-        largest = max(largest, diff)
-    return same / len(expected), close / len(expected), largest
+        if a[0] == b[0]:
+            largest = max(largest, abs(a[1] - b[1]))
+    return exact, same, largest
 
 
 def main() -> None:
@@ -122,7 +125,14 @@ def main() -> None:
                         help="texts per detect_many call (0: all at once)")
     parser.add_argument("--parquet", help="read captions from this file's `caption` column")
     parser.add_argument("--skip-langdetect", action="store_true",
-                        help="time only detect_many (no agreement check)")
+                        help="do not time plain langdetect (engines are compared to each other)")
+    parser.add_argument("--langdetect-captions", type=int, default=0,
+                        help="time plain langdetect and check agreement on only the first N "
+                        "captions (0: all)")
+    parser.add_argument("--engines", default="numba,numpy",
+                        help="LanguageIdentifier engines to time, comma-separated")
+    parser.add_argument("--single", action="store_true",
+                        help="also time detect() one caption at a time (numba engine only)")
     args = parser.parse_args()
 
     from pipeline.langid import LanguageIdentifier
@@ -132,53 +142,74 @@ def main() -> None:
     else:
         captions = make_captions(args.captions, args.caption_seed)
     reference = plain_langdetect(args.seed)
-    start = time.perf_counter()
-    identifier = LanguageIdentifier(args.seed, cache_entries=0)
-    setup_s = time.perf_counter() - start
     batch = args.batch or len(captions)
+    identifiers = {}
+    for engine in args.engines.split(","):
+        start = time.perf_counter()
+        identifiers[engine] = LanguageIdentifier(args.seed, cache_entries=0, engine=engine)
+        setup_s = time.perf_counter() - start
+        start = time.perf_counter()
+        identifiers[engine].detect("warm up")  # numba: load (or compile) the kernel
+        first_s = time.perf_counter() - start
+        print(f"{engine}: setup {setup_s:.2f} s, first detect {first_s:.2f} s")
 
-    def run_reference(texts):
-        return [reference(t) for t in texts]
+    def many(identifier):
+        def run(texts):
+            out = []
+            for i in range(0, len(texts), batch):
+                out.extend(identifier.detect_many(texts[i : i + batch]))
+            return out
 
-    def run_detect(texts):
-        return [identifier.detect(t) for t in texts]
+        return run
 
-    def run_many(texts):
-        out = []
-        for i in range(0, len(texts), batch):
-            out.extend(identifier.detect_many(texts[i : i + batch]))
-        return out
+    def single(identifier):
+        return lambda texts: [identifier.detect(t) for t in texts]
 
-    methods = {"langdetect": run_reference, "detect": run_detect, "detect_many": run_many}
-    if args.skip_langdetect:
-        methods = {"detect_many": run_many}
+    # name -> (function, captions it runs on)
+    few = captions[: args.langdetect_captions or len(captions)]
+    methods = {}
+    if not args.skip_langdetect:
+        methods["langdetect"] = (lambda texts: [reference(t) for t in texts], few)
+    for engine, identifier in identifiers.items():
+        methods[f"{engine} detect_many"] = (many(identifier), captions)
+        if args.single and engine == "numba":
+            methods[f"{engine} detect"] = (single(identifier), captions)
     speeds: dict[str, list[float]] = {name: [] for name in methods}
     answers = {}
-    print(f"{len(captions)} captions, seed {args.seed}, answer cache off, "
-          f"detect_many batch {batch}; LanguageIdentifier setup {setup_s:.2f} s")
+    print(f"{len(captions)} captions ({len(few)} for langdetect), seed {args.seed}, "
+          f"answer cache off, detect_many batch {batch}")
     for repeat in range(args.repeats):
         line = []
-        for name, function in methods.items():
-            speed, answers[name] = timed(function, captions)
+        for name, (function, texts) in methods.items():
+            speed, answers[name] = timed(function, texts)
             speeds[name].append(speed)
             line.append(f"{name} {speed:8.0f}/s")
         print(f"repeat {repeat + 1}: " + "  ".join(line))
     print()
-    if args.skip_langdetect:
-        print(f"detect_many median {statistics.median(speeds['detect_many']):8.0f} "
-              "captions per CPU second")
-        return
+    first = f"{next(iter(identifiers))} detect_many" if identifiers else None
     for name in methods:
-        # Ratio within each repeat (same machine load), then the median over repeats.
-        ratio = statistics.median(s / b for s, b in zip(speeds[name], speeds["langdetect"]))
         median = statistics.median(speeds[name])
-        print(f"{name:12s} median {median:8.0f} captions/s  x{ratio:5.1f} vs langdetect")
-    for name in ("detect", "detect_many"):
-        same, close, largest = agreement(answers["langdetect"], answers[name])
-        print(f"agreement {name:12s} same decision {same:.4%}  |prob diff|<1e-3 {close:.4%}  "
-              f"largest diff {largest:.2e}")
-    undetected = sum(a is None for a in answers["langdetect"])
-    print(f"langdetect answered None for {undetected} captions")
+        # Ratios within each repeat (same machine load), then the median over repeats.
+        ratios = []
+        for other in ("langdetect", "numpy detect_many"):
+            if other in speeds and other != name:
+                ratio = statistics.median(s / b for s, b in zip(speeds[name], speeds[other]))
+                ratios.append(f"x{ratio:.3g} vs {other}")
+        print(f"{name:20s} median {median:8.0f} captions per CPU second  " + "  ".join(ratios))
+    print()
+    for name in methods:
+        if name == "langdetect":
+            continue
+        if "langdetect" in answers:
+            exact, same, largest = agreement(answers["langdetect"], answers[name])
+            print(f"{name:20s} vs langdetect: exactly the same {exact}/{len(few)}, same "
+                  f"decision {same}/{len(few)}, largest prob diff {largest:.2e}")
+        if first and name != first:
+            exact, same, largest = agreement(answers[first], answers[name])
+            print(f"{name:20s} vs {first}: exactly the same {exact}/{len(captions)}")
+    if "langdetect" in answers:
+        undetected = sum(a is None for a in answers["langdetect"])
+        print(f"langdetect answered None for {undetected} of {len(few)} captions")
 
 
 if __name__ == "__main__":

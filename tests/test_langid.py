@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import math
+import operator
 import random
 import unicodedata
+
+import numpy as np
 
 import pytest
 
@@ -12,9 +17,17 @@ langdetect = pytest.importorskip("langdetect")
 from langdetect.detector_factory import PROFILES_DIRECTORY, DetectorFactory  # noqa: E402
 from langdetect.lang_detect_exception import LangDetectException  # noqa: E402
 
+import pipeline.langid as langid  # noqa: E402
 from pipeline.langid import LanguageIdentifier  # noqa: E402
 
 SEED = 0
+
+try:
+    import numba  # noqa: F401
+
+    ENGINES = ["numba", "numpy"]
+except ImportError:  # the numpy replay is the fallback; the numba engine is not tested
+    ENGINES = ["numpy"]
 
 WORDS = {
     "en": "the a of and with on in at for dog cat house garden red blue green small large "
@@ -175,9 +188,16 @@ def reference():
     return _reference(SEED)
 
 
+@pytest.fixture(scope="module", params=ENGINES)
+def engine(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def identifier():
-    return LanguageIdentifier(SEED, cache_entries=0)
+def identifier(engine):
+    made = LanguageIdentifier(SEED, cache_entries=0, engine=engine)
+    assert made.engine == engine
+    return made
 
 
 TEXTS = (
@@ -219,9 +239,9 @@ def test_detect_many_equals_detect_one_by_one(identifier):
     assert identifier.detect_many(texts) == [identifier.detect(t) for t in texts]
 
 
-def test_cache_and_duplicates_do_not_change_answers():
-    cached = LanguageIdentifier(SEED, cache_entries=10)
-    uncached = LanguageIdentifier(SEED, cache_entries=0)
+def test_cache_and_duplicates_do_not_change_answers(engine):
+    cached = LanguageIdentifier(SEED, cache_entries=10, engine=engine)
+    uncached = LanguageIdentifier(SEED, cache_entries=0, engine=engine)
     texts = (TEXTS[:30] * 2)[::-1]
     expected = uncached.detect_many(texts)
     assert cached.detect_many(texts) == expected
@@ -234,20 +254,18 @@ def test_long_text_is_truncated_like_langdetect(identifier, reference):
     _assert_same(text, identifier.detect(text), reference(text))
 
 
-def test_other_seed_agrees():
+def test_other_seed_agrees(engine):
     seed = 42
     reference = _reference(seed)
-    identifier = LanguageIdentifier(seed, cache_entries=0)
+    identifier = LanguageIdentifier(seed, cache_entries=0, engine=engine)
     texts = FIXED[:20] + _varied_texts(40, seed=3)
     for text, got in zip(texts, identifier.detect_many(texts)):
         _assert_same(text, got, reference(text))
 
 
 def test_replay_paths_agree(monkeypatch, reference):
-    """Stopped texts dropped at once or kept to the end of each round, choices precomputed
-    5 draws at a time, and choice windows so short that rows must be redone: same answers."""
-    import pipeline.langid as langid
-
+    """numpy engine: stopped texts dropped at once or kept to the end of each round, choices
+    precomputed 5 draws at a time, and choice windows so short that rows must be redone."""
     texts = FIXED + _varied_texts(60, seed=5) + _random_unicode_texts(30, seed=6)
     expected = [reference(t) for t in texts]
     for compact_share, rounds, short_windows in [
@@ -259,9 +277,60 @@ def test_replay_paths_agree(monkeypatch, reference):
         monkeypatch.setattr(langid, "_ROUND_DRAWS", rounds)
         if short_windows:
             monkeypatch.setattr(langid, "_first_window", lambda draws: draws + 1)
-        answers = LanguageIdentifier(SEED, cache_entries=0).detect_many(texts)
+        answers = LanguageIdentifier(SEED, cache_entries=0, engine="numpy").detect_many(texts)
         for text, got, want in zip(texts, answers, expected):
             _assert_same(text, got, want)
+
+
+def test_short_stream_is_extended(monkeypatch, engine, reference):
+    """A stream far too short for the texts (a few draws): it is doubled until every text
+    fits (the numba engine replays the texts that ran out again), with the same answers."""
+    monkeypatch.setattr(langid, "_FIRST_STREAM_WORDS", 16)
+    identifier = LanguageIdentifier(SEED, cache_entries=0, engine=engine)
+    texts = FIXED + _varied_texts(40, seed=8)
+    answers = identifier.detect_many(texts)
+    assert len(identifier._words) > 1000
+    for text, got in zip(texts, answers):
+        _assert_same(text, got, reference(text))
+
+
+def test_engine_choice():
+    assert LanguageIdentifier(SEED, engine="numpy").engine == "numpy"
+    assert LanguageIdentifier(SEED).engine == ENGINES[0]  # numba whenever it is installed
+    with pytest.raises(ValueError):
+        LanguageIdentifier(SEED, engine="fortran")
+
+
+def _neumaier(values: list[float]) -> float:
+    """CPython 3.12's float sum (Python/bltinmodule.c), restated."""
+    total, compensation = 0.0, 0.0
+    for x in values:
+        after = total + x
+        if abs(total) >= abs(x):
+            compensation += (total - after) + x
+        else:
+            compensation += (x - after) + total
+        total = after
+    if compensation and math.isfinite(compensation):
+        total += compensation
+    return total
+
+
+def test_summation_follows_this_python():
+    """langdetect normalises with the builtin sum(): the replay adds up the same way."""
+    rng = random.Random(3)
+    lists = [[rng.random() * 10.0 ** rng.randint(-30, 0) for _ in range(55)] for _ in range(200)]
+    lists.append([1.0, 1e100, 1.0, -1e100])
+    compensated = [sum(v) == _neumaier(v) for v in lists]
+    left_to_right = [sum(v) == functools.reduce(operator.add, v) for v in lists]
+    assert all(compensated) if langid._COMPENSATED_SUM else all(left_to_right)
+    assert not all(compensated) or not all(left_to_right)  # the lists tell them apart
+    columns = np.ascontiguousarray(np.array(lists[:-1]).T)  # [item, column], C order
+    expected = [sum(v) for v in lists[:-1]]
+    if langid._COMPENSATED_SUM:
+        assert langid._neumaier_columns(columns).tolist() == expected
+    else:
+        assert np.add.reduce(columns, axis=0).tolist() == expected
 
 
 def test_word_ngrams_fast_path_matches_character_loop(identifier):
