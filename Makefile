@@ -8,6 +8,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_SILENT := true
 
 WORDNET := /usr/share/wordnet/data.noun
+TORCH_VERSION ?= 2.13.0
 
 .PHONY: setup wordnet demo test clean
 
@@ -28,9 +29,12 @@ wordnet:
 	  fi; \
 	fi
 
+# torch first, pinned: its CPU build is what the trainer is tested with, and pip would
+# otherwise resolve pyproject.toml's torch range to a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
