@@ -120,7 +120,7 @@ class QueryRowsFn(beam.DoFn):
 
 class CurateResult(typing.NamedTuple):
     curated: beam.PCollection  # candidate dicts with the fields of CURATED_SCHEMA
-    failures: beam.PCollection  # failure dicts of every text stage
+    failures: dict  # stage -> its failure dicts (kept apart: see `write_failures`)
     stage_entries: beam.PCollection  # a singleton: {stages: [{stage, in, kept, dropped}] in
     #                                   stage order, problems: [accounting problems]}
     query_rows: beam.PCollection  # {query_id, query, matched, kept}
@@ -160,12 +160,13 @@ class CurateCandidates(beam.PTransform):
             Stage.READ: read, Stage.NORMALISE: normalised, Stage.MATCH: matched,
             Stage.DEDUP_URL: deduped, Stage.BALANCE: balanced, Stage.LANGUAGE: in_language,
         }
-        failures = tuple(s.failed for s in stages.values()) | "Text failures" >> beam.Flatten()
-        dropped = (
-            failures
-            | "Stage and reason" >> beam.Map(lambda f: ((f["stage"], f["reason"]), 1))
-            | "Count drops" >> beam.CombinePerKey(sum)
-        )
+        failures = {name: stage.failed for name, stage in stages.items()}
+        dropped = [
+            failed
+            | f"Reasons of {name}" >> beam.Map(lambda f: ((f["stage"], f["reason"]), 1))
+            | f"Count {name} drops" >> beam.CombinePerKey(sum)
+            for name, failed in failures.items()
+        ] | "Drops of every stage" >> beam.Flatten()
         read_kept = read.kept | "Count read" >> beam.combiners.Count.Globally()
         curated_count = curated | "Count curated" >> beam.combiners.Count.Globally()
 
@@ -244,10 +245,15 @@ class WriteCuratedSummaryFn(beam.DoFn):
         yield stats
 
 
-def write_failures(failures, output: str, label: str = "Write text failures"):
-    return failures | label >> beam.io.WriteToParquet(
-        storage.join(output, FAILURES_FOLDER, TEXT_FAILURES_PREFIX), FAILURE_SCHEMA,
-        file_name_suffix=".parquet", row_group_buffer_size=PARQUET_ROW_GROUP_BYTES)
+def write_failures(failures: dict, output: str) -> None:
+    """One writer per stage, fused with the stage itself: a local runner would otherwise hold
+    every failure of every stage in memory until the last stage finished (a Flatten of
+    PCollections from different stages is materialised)."""
+    for stage, failed in failures.items():
+        failed | f"Write {stage} failures" >> beam.io.WriteToParquet(
+            storage.join(output, FAILURES_FOLDER, f"{TEXT_FAILURES_PREFIX}-{stage}"),
+            FAILURE_SCHEMA, file_name_suffix=".parquet",
+            row_group_buffer_size=PARQUET_ROW_GROUP_BYTES)
 
 
 class WriteCurated(beam.PTransform):
