@@ -1,9 +1,10 @@
 """Balancing, MetaCLIP's two passes: count matches per query, then sample each candidate.
 
-Pass 1 (`CountQueryMatches`) counts, per query id, the candidates that matched it over the
-whole pool. Each worker sums its bundle in a local dict and emits one (query id, n) pair per
-distinct query, so the shuffle carries at most one pair per query per bundle; a CombinePerKey
-adds the partial sums across workers.
+Pass 1 counts, per query id, the candidates that matched it over the whole pool: from the
+parquet parts curation spilled (`CountQueryMatchesInParts`, numpy over each part), or from
+candidates (`CountQueryMatches`: each worker sums its bundle in a local dict). Either way the
+shuffle carries at most one (query id, n) pair per query per part or bundle, and a
+CombinePerKey adds the partial sums across workers.
 
 Pass 2 (`BalanceQueries`) keeps a candidate with probability
 
@@ -43,16 +44,24 @@ def balance_draw(seed: int, key: str) -> float:
     return stable_hash64("balance", str(seed), key) / _TWO_TO_64
 
 
+def query_ids_of(candidate) -> list:
+    return candidate["query_ids"]
+
+
 class _CountLocally(beam.DoFn):
-    """candidate -> (query id, matches in this bundle), summed before the shuffle."""
+    """candidate -> (key, occurrences in this bundle) for the keys `keys_of` gives, summed
+    before the shuffle."""
+
+    def __init__(self, keys_of=query_ids_of):
+        self._keys_of = keys_of
 
     def start_bundle(self):
-        self._counts: dict[int, int] = {}
+        self._counts: dict = {}
 
     def process(self, candidate):
         counts = self._counts
-        for query_id in candidate["query_ids"]:
-            counts[query_id] = counts.get(query_id, 0) + 1
+        for key in self._keys_of(candidate):
+            counts[key] = counts.get(key, 0) + 1
         if len(counts) >= FLUSH_DISTINCT_QUERIES:
             yield from self._flush()
 
@@ -69,13 +78,66 @@ class _CountLocally(beam.DoFn):
 
 
 class CountQueryMatches(beam.PTransform):
-    """Candidates (with `query_ids`) -> (query id, number of candidates that matched it)."""
+    """Candidates -> (key, number of candidates with it); keys: `keys_of(candidate)`, by
+    default the matched query ids."""
+
+    def __init__(self, keys_of=query_ids_of):
+        super().__init__()
+        self._keys_of = keys_of
 
     def expand(self, candidates):
         return (
             candidates
-            | "Count in bundle" >> beam.ParDo(_CountLocally())
+            | "Count in bundle" >> beam.ParDo(_CountLocally(self._keys_of))
             | "Sum over workers" >> beam.CombinePerKey(sum)
+        )
+
+
+class _CountInPartFn(beam.DoFn):
+    """A parquet part of matched candidates -> (query id, matches) of its rows that did not
+    lose URL dedup, counted with numpy over the whole part (no Python work per candidate)."""
+
+    def process(self, path, losers):
+        import io
+
+        import numpy as np
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        from pipeline import storage
+
+        table = pq.read_table(io.BytesIO(storage.read_bytes(path)), columns=["row", "query_ids"])
+        if losers:
+            losing_rows = pa_array_of(losers)
+            table = table.filter(pc.invert(pc.is_in(table.column("row"), losing_rows)))
+        ids = pc.list_flatten(table.column("query_ids")).to_numpy(zero_copy_only=False)
+        if not len(ids):
+            return
+        counts = np.bincount(ids)
+        for query_id in np.flatnonzero(counts):
+            yield int(query_id), int(counts[query_id])
+
+
+def pa_array_of(losers: dict):
+    import pyarrow as pa
+
+    return pa.array(list(losers), type=pa.int64())
+
+
+class CountQueryMatchesInParts(beam.PTransform):
+    """Paths of parquet parts (rows with `row` and `query_ids`) -> (query id, candidates that
+    matched it), leaving out the rows in `duplicates` ((loser row, winner key) pairs)."""
+
+    def __init__(self, duplicates: beam.PCollection):
+        super().__init__()
+        self._duplicates = duplicates
+
+    def expand(self, paths):
+        return (
+            paths
+            | "Count in part" >> beam.ParDo(_CountInPartFn(),
+                                            losers=beam.pvalue.AsDict(self._duplicates))
+            | "Sum over parts" >> beam.CombinePerKey(sum)
         )
 
 

@@ -2,7 +2,7 @@
 
     pass 1:  read -> normalise -> match -> _work/matched-*.parquet
                                         -> find duplicate URLs
-    pass 2:  _work/matched-*.parquet (row, query ids) -> drop duplicate URLs -> count per query
+    pass 2:  _work/matched-*.parquet (row, query ids) -> without duplicate URLs -> count per query
     pass 3:  _work/matched-*.parquet -> drop duplicate URLs -> balance -> language
 
 Balancing needs every query's count over the whole (URL-deduplicated) pool before the first
@@ -37,12 +37,13 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipeline import storage
-from pipeline.balance import BalanceQueries, CountQueryMatches
+from pipeline.balance import BalanceQueries, CountQueryMatches, CountQueryMatchesInParts
 from pipeline.config import ConfigError, CurateConfig, MatchConfig, validate_curate
 from pipeline.dedup import DropDuplicateUrls, FindDuplicateUrls
 from pipeline.language import FilterLanguage
 from pipeline.match import MatchQueries, METACLIP_MODE
 from pipeline.normalise import NormaliseCaptions
+from pipeline.parts import ReadParquetParts, WriteParquetParts
 from pipeline.read import ReadCandidates
 from pipeline.records import FAILURE_SCHEMA, Stage
 from pipeline.summary import check_curated, format_stage_table, text_stage_entries
@@ -58,7 +59,6 @@ FAILURES_FOLDER = "failures"
 TEXT_FAILURES_PREFIX = "text"
 QUERY_COUNTS_FILE = "query_counts.parquet"
 STATS_FILE = "stats.json"
-PARQUET_ROW_GROUP_BYTES = 16 * 1024 * 1024  # Beam's default (64 MB of Python rows) is too fat
 
 CURATED_SCHEMA = pa.schema(
     [
@@ -89,6 +89,11 @@ def load_queries(config: MatchConfig) -> list[str]:
     return load_query_strings(config.queries, exact=config.mode == METACLIP_MODE)
 
 
+def curated_keys(candidate) -> list:
+    return [("query", query_id) for query_id in candidate["query_ids"]] + [
+        ("language", candidate["language"])]
+
+
 class NameQueriesFn(beam.DoFn):
     """Adds the matched query strings, for people and for the shards' metadata."""
 
@@ -97,10 +102,13 @@ class NameQueriesFn(beam.DoFn):
 
     def setup(self):
         self._queries = load_queries(self._config)
+        # Only an exact (metaclip) table keeps duplicate entries, whose names repeat.
+        self._may_repeat = self._config.mode == METACLIP_MODE
 
     def process(self, candidate):
         queries = self._queries
-        yield {**candidate, "queries": sorted({queries[i] for i in candidate["query_ids"]})}
+        names = [queries[i] for i in candidate["query_ids"]]
+        yield {**candidate, "queries": sorted(set(names)) if self._may_repeat else sorted(names)}
 
 
 class QueryRowsFn(beam.DoFn):
@@ -137,20 +145,16 @@ class CurateCandidates(beam.PTransform):
         read = pbegin | "Read candidates" >> ReadCandidates(config.read)
         normalised = read.kept | "Normalise captions" >> NormaliseCaptions(config.normalise)
         matched = normalised.kept | "Match queries" >> MatchQueries(config.match)
-        matched_files = matched.kept | "Keep matched for pass 2" >> beam.io.WriteToParquet(
-            storage.join(config.output, WORK_FOLDER, MATCHED_PREFIX), MATCHED_SCHEMA,
-            file_name_suffix=".parquet", row_group_buffer_size=PARQUET_ROW_GROUP_BYTES)
+        matched_files = matched.kept | "Keep matched for pass 2" >> WriteParquetParts(
+            storage.join(config.output, WORK_FOLDER), MATCHED_PREFIX, MATCHED_SCHEMA)
         duplicates = matched.kept | "Find duplicate URLs" >> FindDuplicateUrls()
 
         # Pass 2 counts the unique candidates; it starts when the files are complete.
-        counts = (
-            matched_files
-            | "Pass 2: read" >> beam.io.ReadAllFromParquet(columns=["row", "query_ids"])
-            | "Pass 2: without duplicate URLs" >> DropDuplicateUrls(duplicates)
-        ).kept | "Count matches per query" >> CountQueryMatches()
+        counts = matched_files | "Count matches per query" >> CountQueryMatchesInParts(
+            duplicates)
 
         # Pass 3 samples with the counts and identifies languages.
-        rematched = matched_files | "Pass 3: read" >> beam.io.ReadAllFromParquet()
+        rematched = matched_files | "Pass 3: read" >> ReadParquetParts()
         deduped = rematched | "Drop duplicate URLs" >> DropDuplicateUrls(duplicates)
         balanced = deduped.kept | "Balance" >> BalanceQueries(config.balance, counts)
         in_language = balanced.kept | "Filter language" >> FilterLanguage(config.language)
@@ -168,7 +172,18 @@ class CurateCandidates(beam.PTransform):
             for name, failed in failures.items()
         ] | "Drops of every stage" >> beam.Flatten()
         read_kept = read.kept | "Count read" >> beam.combiners.Count.Globally()
-        curated_count = curated | "Count curated" >> beam.combiners.Count.Globally()
+        # One counting pass over the curated candidates gives per-query and per-language
+        # counts; every curated candidate has one language, so their sum is the total.
+        curated_counts = curated | "Count curated" >> CountQueryMatches(curated_keys)
+        kept_counts = curated_counts | "Kept per query" >> beam.FlatMapTuple(
+            lambda key, n: [(key[1], n)] if key[0] == "query" else [])
+        languages = curated_counts | "Per language" >> beam.FlatMapTuple(
+            lambda key, n: [(key[1], n)] if key[0] == "language" else [])
+        curated_count = (
+            languages
+            | "Language totals" >> beam.Values()
+            | "Curated" >> beam.CombineGlobally(sum)
+        )
 
         def entries_and_check(read_kept, dropped, curated_count):
             entries = text_stage_entries(read_kept, dropped)
@@ -180,16 +195,10 @@ class CurateCandidates(beam.PTransform):
                 entries_and_check, dropped=beam.pvalue.AsDict(dropped),
                 curated_count=beam.pvalue.AsSingleton(curated_count))
         )
-        kept_counts = curated | "Count kept per query" >> CountQueryMatches()
         query_rows = (
             {"matched": counts, "kept": kept_counts}
             | "Join query counts" >> beam.CoGroupByKey()
             | "Query rows" >> beam.ParDo(QueryRowsFn(config.match))
-        )
-        languages = (
-            curated
-            | "Languages" >> beam.Map(lambda c: c["language"])
-            | "Count languages" >> beam.combiners.Count.PerElement()
         )
         return CurateResult(curated, failures, stage_entries, query_rows, languages)
 
@@ -250,10 +259,9 @@ def write_failures(failures: dict, output: str) -> None:
     every failure of every stage in memory until the last stage finished (a Flatten of
     PCollections from different stages is materialised)."""
     for stage, failed in failures.items():
-        failed | f"Write {stage} failures" >> beam.io.WriteToParquet(
-            storage.join(output, FAILURES_FOLDER, f"{TEXT_FAILURES_PREFIX}-{stage}"),
-            FAILURE_SCHEMA, file_name_suffix=".parquet",
-            row_group_buffer_size=PARQUET_ROW_GROUP_BYTES)
+        failed | f"Write {stage} failures" >> WriteParquetParts(
+            storage.join(output, FAILURES_FOLDER), f"{TEXT_FAILURES_PREFIX}-{stage}",
+            FAILURE_SCHEMA)
 
 
 class WriteCurated(beam.PTransform):
@@ -265,9 +273,8 @@ class WriteCurated(beam.PTransform):
 
     def expand(self, result: CurateResult):
         output = self._config.output
-        result.curated | "Write curated" >> beam.io.WriteToParquet(
-            storage.join(output, CURATED_FOLDER, CURATED_PREFIX), CURATED_SCHEMA,
-            file_name_suffix=".parquet", row_group_buffer_size=PARQUET_ROW_GROUP_BYTES)
+        result.curated | "Write curated" >> WriteParquetParts(
+            storage.join(output, CURATED_FOLDER), CURATED_PREFIX, CURATED_SCHEMA)
         write_failures(result.failures, output)
         return (
             result.curated.pipeline

@@ -22,6 +22,7 @@ import urllib.parse
 import apache_beam as beam
 import numpy as np
 
+from pipeline.read import PLAIN_URL
 from pipeline.records import KEY_HEX_CHARS, FAILED, KEPT, Reason, Stage, StageResult, failure
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -29,6 +30,10 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 
 def canonical_url(url: str) -> str:
     """Scheme and host lower-cased, default port and fragment dropped; path and query kept."""
+    # A plain URL is already canonical, unless it ends in an empty query ("...?"), which
+    # urlunsplit drops: skip the full parse for it.
+    if PLAIN_URL.fullmatch(url) and url.find("?") != len(url) - 1:
+        return url
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()

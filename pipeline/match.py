@@ -133,7 +133,6 @@ class MatchQueriesFn(beam.DoFn):
 
     def setup(self):
         self._matcher = load_matcher(self._config)
-        self._queries = self._matcher.queries
         self._matches = Metrics.counter("openwit", "match.matched_queries")
 
     def process(self, candidate):
@@ -142,12 +141,12 @@ class MatchQueriesFn(beam.DoFn):
             yield tagged_failure(candidate, Stage.MATCH, Reason.NO_QUERY_MATCH)
             return
         self._matches.inc(len(ids))
-        queries = self._queries
-        yield {**candidate, "query_ids": ids, "queries": sorted({queries[i] for i in ids})}
+        yield {**candidate, "query_ids": ids}
 
 
 class MatchQueries(beam.PTransform):
-    """Candidates -> StageResult; survivors carry `query_ids` and `queries`.
+    """Candidates -> StageResult; survivors carry `query_ids` (curation adds the strings
+    once, at its end, for the candidates it keeps).
 
     Without a table every caption passes with no queries (and nothing is balanced).
     """
@@ -159,7 +158,7 @@ class MatchQueries(beam.PTransform):
     def expand(self, candidates):
         if self._config.queries is None:
             kept = candidates | "No query table" >> beam.Map(
-                lambda c: {**c, "query_ids": [], "queries": []})
+                lambda c: {**c, "query_ids": []})
             failed = candidates.pipeline | "No match failures" >> beam.Create([])
             return StageResult(kept, failed)
         result = candidates | "Match" >> beam.ParDo(MatchQueriesFn(self._config)).with_outputs(

@@ -23,6 +23,11 @@ _INVISIBLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202
 
 
 def normalise_caption(caption: str) -> str:
+    # Printable ASCII without "&" or double spaces has no entity, mojibake, invisible or
+    # non-space whitespace character to fix: only its ends can change.
+    if caption.isascii() and caption.isprintable() and "&" not in caption \
+            and "  " not in caption:
+        return caption.strip()
     if not caption.isascii() or "&" in caption:
         import ftfy  # imported here: most workers' captions never need it
 

@@ -149,6 +149,24 @@ def test_count_query_matches_equals_a_direct_count():
         assert_that(counts, equal_to(list(expected.items())))
 
 
+def test_count_in_parts_skips_url_losers_and_equals_a_direct_count(tmp_path):
+    from pipeline.balance import CountQueryMatchesInParts
+    from pipeline.curate import MATCHED_SCHEMA
+    from pipeline.parts import WriteParquetParts
+
+    rng = random.Random(3)
+    rows = [candidate(f"http://a.test/{i}", f"c{i}", sorted(rng.sample(range(40), 3)), row=i)
+            for i in range(900)]
+    losers = [(i, "0" * 16) for i in range(0, 900, 7)]
+    expected = collections.Counter(q for c in rows if c["row"] % 7 for q in c["query_ids"])
+    with beam_test_pipeline() as p:
+        paths = (p | "rows" >> beam.Create(rows)
+                 | WriteParquetParts(str(tmp_path), "matched", MATCHED_SCHEMA, rows_per_part=100))
+        counts = paths | CountQueryMatchesInParts(p | "losers" >> beam.Create(losers))
+        assert_that(counts, equal_to(list(expected.items())))
+    assert len(list(tmp_path.glob("matched-*.parquet"))) >= 9
+
+
 def zipf_pool(n=4000):
     """Query 0 in every caption, query 1 in a third, query 2 in every hundredth."""
     out = []
