@@ -171,7 +171,7 @@ class CurateCandidates(beam.PTransform):
             | f"Count {name} drops" >> beam.CombinePerKey(sum)
             for name, failed in failures.items()
         ] | "Drops of every stage" >> beam.Flatten()
-        read_kept = read.kept | "Count read" >> beam.combiners.Count.Globally()
+        input_rows = read.rows | "Input rows" >> beam.CombineGlobally(sum)
         # One counting pass over the curated candidates gives per-query and per-language
         # counts; every curated candidate has one language, so their sum is the total.
         curated_counts = curated | "Count curated" >> CountQueryMatches(curated_keys)
@@ -185,12 +185,12 @@ class CurateCandidates(beam.PTransform):
             | "Curated" >> beam.CombineGlobally(sum)
         )
 
-        def entries_and_check(read_kept, dropped, curated_count):
-            entries = text_stage_entries(read_kept, dropped)
+        def entries_and_check(input_rows, dropped, curated_count):
+            entries = text_stage_entries(input_rows, dropped)
             return {"stages": entries, "problems": check_curated(entries, curated_count)}
 
         stage_entries = (
-            read_kept
+            input_rows
             | "Stage entries" >> beam.Map(
                 entries_and_check, dropped=beam.pvalue.AsDict(dropped),
                 curated_count=beam.pvalue.AsSingleton(curated_count))

@@ -26,7 +26,6 @@ import re
 
 import ahocorasick
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 
 from pipeline.config import MatchConfig
 from pipeline.records import FAILED, KEPT, Reason, Stage, StageResult, tagged_failure
@@ -133,14 +132,12 @@ class MatchQueriesFn(beam.DoFn):
 
     def setup(self):
         self._matcher = load_matcher(self._config)
-        self._matches = Metrics.counter("openwit", "match.matched_queries")
 
     def process(self, candidate):
         ids = self._matcher.match_ids(candidate["caption"])
         if not ids:
             yield tagged_failure(candidate, Stage.MATCH, Reason.NO_QUERY_MATCH)
             return
-        self._matches.inc(len(ids))
         yield {**candidate, "query_ids": ids}
 
 

@@ -16,6 +16,7 @@ import io
 import json
 import os
 import re
+import typing
 import urllib.parse
 
 import apache_beam as beam
@@ -33,7 +34,6 @@ from pipeline.records import (
     KEPT,
     Reason,
     Stage,
-    StageResult,
     failure,
     sample_key,
     stable_hash64,
@@ -169,13 +169,18 @@ class ParseUnit(beam.DoFn):
         path, fmt, row_group = unit
         parse = {"parquet": self._parquet, "csv": self._delimited, "tsv": self._delimited,
                  "jsonl": self._jsonl}[fmt]
+        rows = malformed = 0
         for result in parse(path, fmt, row_group):
-            self._rows.inc()
+            rows += 1
             if "stage" in result:
-                self._malformed.inc()
+                malformed += 1
                 yield beam.pvalue.TaggedOutput(FAILED, result)
             else:
                 yield result
+        # Counted at the source, per unit: the input rows that every stage accounts for.
+        self._rows.inc(rows)
+        self._malformed.inc(malformed)
+        yield beam.pvalue.TaggedOutput(ROWS, rows)
 
     @contextlib.contextmanager
     def _open(self, path: str):
@@ -291,8 +296,17 @@ def _first_present(names: list[str], wanted: str | None, defaults: tuple[str, ..
     return next((name for name in defaults if name in names), None)
 
 
+ROWS = "rows"
+
+
+class ReadResult(typing.NamedTuple):
+    kept: beam.PCollection  # candidate dicts
+    failed: beam.PCollection  # failure dicts
+    rows: beam.PCollection  # rows read per unit (sum them for the input rows)
+
+
 class ReadCandidates(beam.PTransform):
-    """Candidate lists -> StageResult(kept=candidate dicts, failed=failure dicts)."""
+    """Candidate lists -> ReadResult(kept, failed, rows)."""
 
     def __init__(self, config: ReadConfig):
         super().__init__()
@@ -305,6 +319,7 @@ class ReadCandidates(beam.PTransform):
             | "Match files" >> fileio.MatchAll(fileio.EmptyMatchTreatment.DISALLOW)
             | "Split into units" >> beam.ParDo(SplitIntoUnits(self._config.input_format))
             | "Spread units" >> beam.Reshuffle()
-            | "Parse rows" >> beam.ParDo(ParseUnit(self._config)).with_outputs(FAILED, main=KEPT)
+            | "Parse rows" >> beam.ParDo(ParseUnit(self._config)).with_outputs(
+                FAILED, ROWS, main=KEPT)
         )
-        return StageResult(parsed[KEPT], parsed[FAILED])
+        return ReadResult(parsed[KEPT], parsed[FAILED], parsed[ROWS])

@@ -29,21 +29,19 @@ REUSED_MARK = "reused_from_earlier_run"  # set on stats of shards this run did n
 _SHARD_FILE = re.compile(r"(?:shard-)?(\d+)(?:\.tar|\.parquet|_stats\.json)$")
 
 
-def text_stage_entries(read_kept: int, dropped: dict) -> list[dict]:
+def text_stage_entries(input_rows: int, dropped: dict) -> list[dict]:
     """[{stage, in, kept, dropped: {reason: n}}] for the curate stages, in order.
 
-    read_kept: the candidates the read stage produced; dropped: {(stage, reason): n}. Each
-    later stage receives what the one before kept, so only the read stage's output and the
-    drops need counting (a count per stage would cost the pipeline a pass per stage); that the
-    last stage's derived survivors equal the candidates actually curated is checked by
-    `check_curated`, so a candidate lost without a failure record still shows.
+    input_rows: the rows the read stage parsed; dropped: {(stage, reason): n}. Each stage
+    receives what the one before kept, so only the input rows and the drops need counting (a
+    count per stage would cost the pipeline a pass per stage); that the last stage's derived
+    survivors equal the candidates actually curated is checked by `check_curated`, so a
+    candidate lost without a failure record still shows.
     """
     entries = []
-    received = None
+    received = input_rows
     for stage in Stage.TEXT:
         reasons = {reason: n for (s, reason), n in sorted(dropped.items()) if s == stage}
-        if received is None:
-            received = read_kept + sum(reasons.values())
         kept = received - sum(reasons.values())
         entries.append({"stage": stage, "in": received, "kept": kept, "dropped": reasons})
         received = kept

@@ -3,6 +3,7 @@
 import gzip
 import json
 
+import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -135,3 +136,20 @@ def test_format_detection():
 ])
 def test_check_url(url, reason):
     assert check_url(url) == reason
+
+
+def test_rows_are_counted_per_unit_at_the_source(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"url": ["http://a.test/1.jpg", None, "ftp://x/y"] * 10,
+                             "caption": ["c"] * 30}), path, row_group_size=7)
+    with beam_test_pipeline() as p:
+        result = p | ReadCandidates(ReadConfig(candidates=(str(path),)))
+        assert_that(result.rows | "sum" >> beam.CombineGlobally(sum), equal_to([30]),
+                    label="rows")
+        assert_that(result.rows | "units" >> beam.combiners.Count.Globally(), equal_to([5]),
+                    label="units")
+        assert_that(result.failed | "failed" >> beam.combiners.Count.Globally(),
+                    equal_to([20]), label="failed")

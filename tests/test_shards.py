@@ -172,7 +172,7 @@ def test_corpus_stats_account_for_every_candidate():
         {"shard": 1, "plan": {"candidates": 15}, "written": 15, "tar_bytes": 50, "dropped": {},
          "languages": {"en": 15}},
     ]
-    entries = text_stage_entries(stage_kept["read"], text_dropped)
+    entries = text_stage_entries(100, text_dropped)
     assert [e["kept"] for e in entries] == [stage_kept[s] for s in Stage.TEXT]
     assert check_curated(entries, 40) == []
     assert check_curated(entries, 39) == [
