@@ -90,6 +90,16 @@ def cmd_download(args, beam_args) -> int:
     return 1 if stats.get("accounting_problems") else 0
 
 
+def cmd_train(args, beam_args) -> int:
+    from model.train import config_from_args, format_run, train
+
+    config = config_from_args(args, beam_args)
+    run = train(config)
+    if run["rank"] == 0:
+        print(format_run(run))
+    return 0
+
+
 def cmd_queries(args, beam_args) -> int:
     from queries.build import format_stats, run
 
@@ -166,6 +176,14 @@ def make_parser() -> argparse.ArgumentParser:
     demo.add_argument("--per-query-cap", type=int, default=None,
                       help="default: a tenth of the candidates, so that balancing shows")
     demo.set_defaults(handler=cmd_demo)
+
+    from model.cli_args import add_train_arguments
+
+    train = commands.add_parser(
+        "train", help="train a CLIP model on WebDataset shards (openwit's or img2dataset's)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_train_arguments(train)
+    train.set_defaults(handler=cmd_train)
 
     web = commands.add_parser("web", help="generate the mini-web and serve it on 127.0.0.1")
     web.add_argument("--output", required=True, help="folder for the world's files")
