@@ -26,7 +26,7 @@ ride back with the batches and `Loader.skipped` sums them. What happens besides 
 caller's error handler (`ignore_and_continue`, `log_and_continue`, `reraise`).
 
 Remote shards (s3://, gs://) are read through Beam's FileSystems like every other openwit I/O.
-The loader opens every shard itself with `FileSystems.open` rather than through webdataset's
+The loader opens every shard itself with Beam's `FileSystems` rather than through webdataset's
 `gopen`, so no webdataset global is touched; the one piece of process state is Beam's
 `FileSystems` options, which each worker sets from `LoaderConfig.filesystem_flags` when its stream
 starts (see `apply_filesystem_flags`). `register_webdataset_schemes` is there for code that reads
@@ -189,17 +189,12 @@ def apply_filesystem_flags(flags: Sequence[str]) -> None:
     FileSystems.set_options(PipelineOptions(list(flags)))
 
 
-def _open_with_beam(url: str) -> BinaryIO:
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems.open(url, compression_type=CompressionTypes.UNCOMPRESSED)
-
-
 def _webdataset_gopen_via_beam(url, mode="rb", bufsize=8192, **kwargs):
     if mode != "rb":
         raise ValueError(f"only reading is supported through Beam here, not {mode!r}")
-    return _open_with_beam(url)
+    from pipeline import storage
+
+    return storage.open_read(url)
 
 
 def register_webdataset_schemes(filesystem_flags: Sequence[str] = (),
@@ -460,9 +455,11 @@ def resampled_shard_urls(context: _WorkerContext) -> Iterator[str]:
 
 def open_shard_streams(urls: Iterable[str], context: _WorkerContext
                        ) -> Iterator[tuple[str, BinaryIO]]:
+    from pipeline import storage
+
     for url in urls:
         try:
-            stream = _open_with_beam(url)
+            stream = storage.open_read(url)
         except OSError as error:  # Beam's BeamIOError is an OSError
             if not context.skip(UNREADABLE_SHARD, url, None, error):
                 return

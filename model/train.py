@@ -36,7 +36,7 @@ import torch
 from model.config import ModelConfig, model_config
 from model.data import LoaderConfig, list_shards, make_loader
 from model.loss import ClipLoss
-from model.model import CLIP, build_model, count_parameters
+from model.model import build_model, count_parameters
 from model.tokenizer import Tokenizer
 
 LOGGER = logging.getLogger("openwit")
@@ -130,11 +130,12 @@ def autocast_for(config: TrainConfig, device: torch.device):
 
 def captions_of(shard_urls, limit: int):
     """The first `limit` captions (the .txt members) of the shards, in shard order."""
-    from model.data import _open_with_beam, tar_members
+    from model.data import tar_members
+    from pipeline import storage
 
     read = 0
     for url in shard_urls:
-        with _open_with_beam(url) as stream:
+        with storage.open_read(url) as stream:
             for name, data in tar_members(stream):
                 if name.endswith(".txt"):
                     yield data.decode("utf-8", "replace")

@@ -101,6 +101,7 @@ class _CountInPartFn(beam.DoFn):
         import io
 
         import numpy as np
+        import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
@@ -108,7 +109,7 @@ class _CountInPartFn(beam.DoFn):
 
         table = pq.read_table(io.BytesIO(storage.read_bytes(path)), columns=["row", "query_ids"])
         if losers:
-            losing_rows = pa_array_of(losers)
+            losing_rows = pa.array(list(losers), type=pa.int64())
             table = table.filter(pc.invert(pc.is_in(table.column("row"), losing_rows)))
         ids = pc.list_flatten(table.column("query_ids")).to_numpy(zero_copy_only=False)
         if not len(ids):
@@ -116,12 +117,6 @@ class _CountInPartFn(beam.DoFn):
         counts = np.bincount(ids)
         for query_id in np.flatnonzero(counts):
             yield int(query_id), int(counts[query_id])
-
-
-def pa_array_of(losers: dict):
-    import pyarrow as pa
-
-    return pa.array(list(losers), type=pa.int64())
 
 
 class CountQueryMatchesInParts(beam.PTransform):

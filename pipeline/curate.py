@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import io
 import logging
 import time
 import typing
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
@@ -46,6 +44,7 @@ from pipeline.normalise import NormaliseCaptions
 from pipeline.parts import ReadParquetParts, WriteParquetParts
 from pipeline.read import ReadCandidates
 from pipeline.records import FAILURE_SCHEMA, Stage
+from pipeline.shards import encode_parquet
 from pipeline.summary import check_curated, format_stage_table, text_stage_entries
 from queries.table import load_query_strings
 
@@ -203,15 +202,9 @@ class CurateCandidates(beam.PTransform):
         return CurateResult(curated, failures, stage_entries, query_rows, languages)
 
 
-def parquet_bytes(rows: list[dict], schema: pa.Schema) -> bytes:
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buffer, compression="zstd")
-    return buffer.getvalue()
-
-
 def write_query_counts(path: str, rows: list[dict], schema: pa.Schema) -> None:
     rows = sorted(rows, key=lambda r: r["query_id"])
-    storage.write_bytes_atomic(path, parquet_bytes(rows, schema))
+    storage.write_bytes_atomic(path, encode_parquet(rows, schema))
 
 
 def curate_stats(stage_entries: dict, languages: dict, query_rows: list[dict],

@@ -27,21 +27,6 @@ UNDETERMINED = "und"  # ISO 639-2 "undetermined": detection was not asked for
 BATCH_SIZE = 2048
 
 
-class LanguageDetector:
-    """Best language and its probability for a text, or None when it has no letters to go on."""
-
-    def __init__(self, seed: int):
-        from pipeline.langid import LanguageIdentifier
-
-        self._identifier = LanguageIdentifier(seed)
-
-    def detect(self, text: str) -> tuple[str, float] | None:
-        return self._identifier.detect(text)
-
-    def detect_many(self, texts: list[str]) -> list[tuple[str, float] | None]:
-        return self._identifier.detect_many(texts)
-
-
 def _in_global_window(value) -> WindowedValue:
     # finish_bundle has no element to inherit a window from; curation runs in the global one.
     return WindowedValue(value, 0, [GlobalWindow()])
@@ -65,7 +50,9 @@ class FilterLanguageFn(beam.DoFn):
         self._batch_size = batch_size
 
     def setup(self):
-        self._detector = LanguageDetector(self._config.seed)
+        from pipeline.langid import LanguageIdentifier
+
+        self._detector = LanguageIdentifier(self._config.seed)
         self._detected = Metrics.counter("openwit", "language.detected")
         self._progress = ProgressLog("language")
 

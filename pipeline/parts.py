@@ -79,10 +79,7 @@ class _ReadPartFn(beam.DoFn):
         self._batch_rows = batch_rows
 
     def process(self, path):
-        from apache_beam.io.filesystem import CompressionTypes
-        from apache_beam.io.filesystems import FileSystems
-
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        with storage.open_read(path) as f:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=self._batch_rows):
                 yield from batch.to_pylist()
 

@@ -10,16 +10,14 @@ corpus, not just the part it wrote.
 from __future__ import annotations
 
 import collections
-import io
 import re
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.records import Stage
-from pipeline.shards import FAILURES_FOLDER, SHARDS_FOLDER, shard_name
+from pipeline.shards import FAILURES_FOLDER, SHARDS_FOLDER, encode_parquet, shard_name
 
 QUERY_COUNTS_SCHEMA = pa.schema(
     [("query_id", pa.int32()), ("query", pa.string()), ("matched", pa.int64()),
@@ -173,11 +171,8 @@ class FinalizeFn(beam.DoFn):
         storage.write_json_atomic(storage.join(shards_folder, "sizes.json"), sizes)
 
         rows = sorted(query_rows, key=lambda r: (r["query_id"], r["query"]))
-        table = pa.Table.from_pylist(rows, schema=QUERY_COUNTS_SCHEMA)
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer, compression="zstd")
         storage.write_bytes_atomic(storage.join(self._output, "query_counts.parquet"),
-                                   buffer.getvalue())
+                                   encode_parquet(rows, QUERY_COUNTS_SCHEMA))
 
         stats = corpus_stats(text_entries, shard_stats, num_shards)
         stats["queries"] = {

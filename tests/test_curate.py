@@ -2,7 +2,6 @@
 
 import collections
 import json
-import os
 import random
 
 import apache_beam as beam

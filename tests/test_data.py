@@ -346,27 +346,13 @@ def test_auto_picks_cpu_here_and_says_so(shard_folder, caplog):
 # ------------------------------------------------------------------------------------------
 # s3:// through Beam's FileSystems (a local moto server)
 
-CREDENTIALS = {"aws_access_key_id": "test", "aws_secret_access_key": "test",
-               "region_name": "us-east-1"}
-
-
 @pytest.fixture
-def s3_shards(shard_folder):
-    boto3 = pytest.importorskip("boto3")
-    moto_server = pytest.importorskip("moto.server")
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, **CREDENTIALS)
-    client.create_bucket(Bucket="corpus")
+def s3_shards(shard_folder, s3):
+    client, endpoint = s3
     for path in shard_folder.iterdir():
         client.upload_file(str(path), "corpus", f"out/shards/{path.name}")
-    flags = ("--s3_endpoint_url", endpoint, "--s3_access_key_id", "test",
-             "--s3_secret_access_key", "test", "--s3_region_name", "us-east-1")
-    yield flags
-    server.stop()
+    return ("--s3_endpoint_url", endpoint, "--s3_access_key_id", "test",
+            "--s3_secret_access_key", "test", "--s3_region_name", "us-east-1")
 
 
 @pytest.fixture

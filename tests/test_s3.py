@@ -2,7 +2,6 @@
 through Beam's FileSystems and the standard --s3_* options."""
 
 import json
-import logging
 
 import pytest
 import webdataset as wds
@@ -11,25 +10,6 @@ from pipeline.cli import main
 from pipeline.miniweb import MiniWeb, WorldConfig
 
 pytestmark = pytest.mark.slow
-
-CREDENTIALS = {"aws_access_key_id": "test", "aws_secret_access_key": "test",
-               "region_name": "us-east-1"}
-
-
-@pytest.fixture
-def s3():
-    boto3 = pytest.importorskip("boto3")
-    moto_server = pytest.importorskip("moto.server")
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per S3 request
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, **CREDENTIALS)
-    client.create_bucket(Bucket="corpus")
-    yield client, endpoint
-    server.stop()
-
 
 def test_build_from_and_to_s3(s3, tmp_path):
     client, endpoint = s3

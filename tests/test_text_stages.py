@@ -10,7 +10,8 @@ from helpers import beam_test_pipeline
 from pipeline.cap import CapPerQuery, cap_priority
 from pipeline.config import CapConfig, LanguageConfig, MatchConfig, NormaliseConfig
 from pipeline.dedup import DedupUrls, canonical_url
-from pipeline.language import FilterLanguage, FilterLanguageFn, LanguageDetector
+from pipeline.langid import LanguageIdentifier
+from pipeline.language import FilterLanguage, FilterLanguageFn
 from pipeline.match import MatchQueries, QueryMatcher
 from pipeline.normalise import NormaliseCaptions, normalise_caption
 from pipeline.records import Reason, sample_key, stable_hash64
@@ -116,7 +117,7 @@ GERMAN = "ein Foto von einem kleinen roten Kreis auf gestreiftem Hintergrund"
 
 
 def test_language_detector_is_deterministic_across_instances():
-    first, second = LanguageDetector(seed=0), LanguageDetector(seed=0)
+    first, second = LanguageIdentifier(seed=0), LanguageIdentifier(seed=0)
     texts = [ENGLISH, FRENCH, GERMAN, "red", "logo design", "ok"]
     assert [first.detect(t) for t in texts] == [second.detect(t) for t in reversed(texts)][::-1]
     assert first.detect(ENGLISH)[0] == "en"
