@@ -44,3 +44,35 @@ def add_train_arguments(parser) -> None:
     g.add_argument("--stop-after-steps", type=int, default=None,
                    help="end this invocation after this many steps (resume later)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_eval_arguments(parser) -> None:
+    g = parser.add_argument_group("what to evaluate")
+    g.add_argument("--checkpoint", required=True,
+                   help="a checkpoint written by `openwit train`, or its run folder "
+                        "(RUN/checkpoints/latest.pt is read)")
+    g.add_argument("--output", default=None,
+                   help="results JSON (default: eval.json in the checkpoint's run folder)")
+    g.add_argument("--device", default="auto", help="auto (default): cuda if available, else cpu")
+    g.add_argument("--batch-size", type=int, default=64, help="images per forward pass (64)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seeds the probe's split and the k-shot draws (0)")
+    g = parser.add_argument_group("zero-shot classification and linear probe")
+    g.add_argument("--dataset", default=None,
+                   help="image folder: one subfolder per class (or train/ val/ test/ folders "
+                        "of class subfolders)")
+    g.add_argument("--class-names", default=None,
+                   help="names file: 'folder<TAB>name' lines, or one name per line in sorted "
+                        "folder order (default: folder names, '_' read as a space)")
+    g.add_argument("--templates", default="both",
+                   help="single, ensemble, both (default), or a file of templates (one per "
+                        "line, with {} for the class name; evaluated beside the built-in sets)")
+    g.add_argument("--no-linear-probe", action="store_true", help="zero-shot only")
+    g.add_argument("--k-shots", type=int, nargs="*", default=[1, 2, 4, 8, 16],
+                   help="few-shot probes: training images per class (default 1 2 4 8 16; "
+                        "the flag alone: none)")
+    g = parser.add_argument_group("retrieval")
+    g.add_argument("--retrieval-shards", default=None,
+                   help="held-out shards: folder, brace pattern, glob or s3:// / gs:// URLs")
+    g.add_argument("--retrieval-samples", type=int, default=1000,
+                   help="the first N pairs in shard order (1000)")

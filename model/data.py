@@ -668,6 +668,19 @@ def decode_for_cpu(data: bytes, augmentation: _Augmentation, rng: random.Random,
         return np.asarray(resized)
 
 
+def decode_for_eval(data: bytes, output_size: int, url: str = "") -> np.ndarray:
+    """Image bytes -> uint8 [S,S,3] exactly as the loader prepares a sample with
+    `augment=False` (centre square crop of the short side, bicubic resize, RGB), for code that
+    reads images from outside shards (`model.evaluate`'s image folders). Bytes the loader
+    would skip as BAD_IMAGE raise SampleError(BAD_IMAGE) here."""
+    centre_crop = _Augmentation(augment=False, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False)
+    try:
+        # The RNG is never drawn from without augmentation; decode_for_cpu just takes one.
+        return decode_for_cpu(data, centre_crop, random.Random(0), output_size)
+    except _IMAGE_ERRORS as error:
+        raise SampleError(BAD_IMAGE, url, None, error) from error
+
+
 _JPEG_END = b"\xff\xd9"
 
 

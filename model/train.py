@@ -402,7 +402,9 @@ def train(config: TrainConfig) -> dict:
                 for reason, n in loader.skipped.items():
                     skipped[reason] = skipped.get(reason, 0) + n
                 loader.skipped.clear()
-                record = {"step": step, "epoch": epoch, "loss": round(loss_value, 5),
+                record = {"step": step, "epoch": epoch,
+                          "samples": step * config.batch_size * dist.world_size,
+                          "loss": round(loss_value, 5),
                           "lr": scheduler.get_last_lr()[0],
                           "logit_scale": round(model.logit_scale.detach().exp().item(), 4),
                           "samples_per_s": round(rate, 1),

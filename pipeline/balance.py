@@ -2,9 +2,8 @@
 
 Pass 1 counts, per query id, the candidates that matched it over the whole pool: from the
 parquet parts curation spilled (`CountQueryMatchesInParts`, numpy over each part), or from
-candidates (`CountQueryMatches`: each worker sums its bundle in a local dict). Either way the
-shuffle carries at most one (query id, n) pair per query per part or bundle, and a
-CombinePerKey adds the partial sums across workers.
+candidates (`CountQueryMatches`: each worker sums its bundle). Either way the shuffle carries
+one count vector (int64, indexed by query id) per part or bundle, and a combiner adds them.
 
 Pass 2 (`BalanceQueries`) keeps a candidate with probability
 
@@ -18,14 +17,17 @@ gets the same verdict on every runner, worker count and rerun, with no random st
 
 from __future__ import annotations
 
+import itertools
+
 import apache_beam as beam
+import numpy as np
 from apache_beam.metrics import Metrics
 
 from pipeline.config import BalanceConfig
-from pipeline.records import FAILED, KEPT, Reason, Stage, StageResult, stable_hash64, tagged_failure
+from pipeline.records import Reason, Stage, failure, stable_hash64
+from pipeline.steps import StageOnElements, Step
 
 _TWO_TO_64 = float(2**64)
-FLUSH_DISTINCT_QUERIES = 200_000  # bound on a bundle's local counts before they are emitted
 
 
 def keep_probability(counts: list[int], target: float) -> float:
@@ -44,63 +46,74 @@ def balance_draw(seed: int, key: str) -> float:
     return stable_hash64("balance", str(seed), key) / _TWO_TO_64
 
 
-def query_ids_of(candidate) -> list:
-    return candidate["query_ids"]
+def count_vector(query_id_lists) -> np.ndarray:
+    """How many of these candidates matched each query id: int64, indexed by query id."""
+    ids = np.fromiter(itertools.chain.from_iterable(query_id_lists), dtype=np.int64)
+    return np.bincount(ids)
 
 
-class _CountLocally(beam.DoFn):
-    """candidate -> (key, occurrences in this bundle) for the keys `keys_of` gives, summed
-    before the shuffle."""
+class SumCountVectors(beam.CombineFn):
+    """Adds count vectors of any lengths (a vector is as long as its largest id + 1)."""
 
-    def __init__(self, keys_of=query_ids_of):
-        self._keys_of = keys_of
+    def create_accumulator(self):
+        return np.zeros(0, dtype=np.int64)
+
+    def add_input(self, total, counts):
+        if len(total) < len(counts):
+            total = np.concatenate([total, np.zeros(len(counts) - len(total), np.int64)])
+        total[:len(counts)] += counts
+        return total
+
+    def merge_accumulators(self, totals):
+        merged = self.create_accumulator()
+        for total in totals:
+            merged = self.add_input(merged, total)
+        return merged
+
+    def extract_output(self, total):
+        return total
+
+
+class _CountInBundle(beam.DoFn):
+    """Candidates (or lists of them) -> one count vector per bundle."""
+
+    def setup(self):
+        self._sum = SumCountVectors()
 
     def start_bundle(self):
-        self._counts: dict = {}
+        # One running total: a vector per batch would hold (largest query id) x 8 bytes each.
+        self._total = self._sum.create_accumulator()
 
-    def process(self, candidate):
-        counts = self._counts
-        for key in self._keys_of(candidate):
-            counts[key] = counts.get(key, 0) + 1
-        if len(counts) >= FLUSH_DISTINCT_QUERIES:
-            yield from self._flush()
+    def process(self, candidate_or_batch):
+        batch = candidate_or_batch if isinstance(candidate_or_batch, list) else [candidate_or_batch]
+        self._total = self._sum.add_input(self._total, count_vector(c["query_ids"] for c in batch))
 
     def finish_bundle(self):
         from apache_beam.transforms.window import GlobalWindow
         from apache_beam.utils.windowed_value import WindowedValue
 
-        for pair in self._flush():
-            yield WindowedValue(pair, 0, [GlobalWindow()])
-
-    def _flush(self):
-        counts, self._counts = self._counts, {}
-        return counts.items()
+        yield WindowedValue(self._total, 0, [GlobalWindow()])
 
 
 class CountQueryMatches(beam.PTransform):
-    """Candidates -> (key, number of candidates with it); keys: `keys_of(candidate)`, by
-    default the matched query ids."""
-
-    def __init__(self, keys_of=query_ids_of):
-        super().__init__()
-        self._keys_of = keys_of
+    """Candidates (or lists of them) -> a singleton: the number of candidates that matched
+    each query, as an int64 vector indexed by query id."""
 
     def expand(self, candidates):
         return (
             candidates
-            | "Count in bundle" >> beam.ParDo(_CountLocally(self._keys_of))
-            | "Sum over workers" >> beam.CombinePerKey(sum)
+            | "Count in bundle" >> beam.ParDo(_CountInBundle())
+            | "Sum over workers" >> beam.CombineGlobally(SumCountVectors())
         )
 
 
 class _CountInPartFn(beam.DoFn):
-    """A parquet part of matched candidates -> (query id, matches) of its rows that did not
+    """A parquet part of matched candidates -> the count vector of its rows that did not
     lose URL dedup, counted with numpy over the whole part (no Python work per candidate)."""
 
     def process(self, path, losers):
         import io
 
-        import numpy as np
         import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
@@ -112,16 +125,13 @@ class _CountInPartFn(beam.DoFn):
             losing_rows = pa.array(list(losers), type=pa.int64())
             table = table.filter(pc.invert(pc.is_in(table.column("row"), losing_rows)))
         ids = pc.list_flatten(table.column("query_ids")).to_numpy(zero_copy_only=False)
-        if not len(ids):
-            return
-        counts = np.bincount(ids)
-        for query_id in np.flatnonzero(counts):
-            yield int(query_id), int(counts[query_id])
+        yield np.bincount(ids.astype(np.int64))
 
 
 class CountQueryMatchesInParts(beam.PTransform):
-    """Paths of parquet parts (rows with `row` and `query_ids`) -> (query id, candidates that
-    matched it), leaving out the rows in `duplicates` ((loser row, winner key) pairs)."""
+    """Paths of parquet parts (rows with `row` and `query_ids`) -> a singleton count vector
+    (as `CountQueryMatches`), leaving out the rows in `duplicates` ((loser row, winner key)
+    pairs). One vector per part crosses the shuffle, not one pair per query."""
 
     def __init__(self, duplicates: beam.PCollection):
         super().__init__()
@@ -132,33 +142,47 @@ class CountQueryMatchesInParts(beam.PTransform):
             paths
             | "Count in part" >> beam.ParDo(_CountInPartFn(),
                                             losers=beam.pvalue.AsDict(self._duplicates))
-            | "Sum over parts" >> beam.CombinePerKey(sum)
+            | "Sum over parts" >> beam.CombineGlobally(SumCountVectors())
         )
 
 
-class BalanceFn(beam.DoFn):
+class BalanceStep(Step):
+    """Survivors carry `keep_probability`; side input `counts`: the count vector."""
+
+    stage = Stage.BALANCE
+    side_input = "counts"
+
     def __init__(self, config: BalanceConfig):
         self._config = config
 
     def setup(self):
         self._balanced_out = Metrics.counter("openwit", "balance.dropped")
+        self._counts_seen, self._counts = None, []
 
-    def process(self, candidate, counts):
-        target = self._config.target
-        probability = keep_probability([counts[q] for q in candidate["query_ids"]], target)
-        if probability < 1.0 and balance_draw(self._config.seed, candidate["key"]) >= probability:
-            self._balanced_out.inc()
-            yield tagged_failure(candidate, Stage.BALANCE, Reason.BALANCED_OUT,
-                                 f"keep probability {probability:.4g}")
-            return
-        yield {**candidate, "keep_probability": probability}
+    def run(self, candidates, counts):
+        target, seed = self._config.target, self._config.seed
+        if counts is not self._counts_seen:
+            # Python ints index and divide several times faster than numpy scalars; the side
+            # input is the same object for every batch, so this runs once per worker.
+            self._counts_seen, self._counts = counts, counts.tolist()
+        counts = self._counts
+        kept, failures = [], []
+        for candidate in candidates:
+            probability = keep_probability([counts[q] for q in candidate["query_ids"]], target)
+            if probability < 1.0 and balance_draw(seed, candidate["key"]) >= probability:
+                failures.append(failure(candidate, Stage.BALANCE, Reason.BALANCED_OUT,
+                                        f"keep probability {probability:.4g}"))
+            else:
+                kept.append({**candidate, "keep_probability": probability})
+        self._balanced_out.inc(len(failures))
+        return kept, failures
 
 
 class BalanceQueries(beam.PTransform):
     """Candidates -> StageResult; survivors carry `keep_probability`.
 
-    `counts`: the (query id, count) pairs of pass 1. Candidates without queries (no query
-    table) are all kept.
+    `counts`: the singleton count vector of pass 1 (`CountQueryMatches`). Candidates without
+    queries (no query table) are all kept.
     """
 
     def __init__(self, config: BalanceConfig, counts: beam.PCollection):
@@ -167,7 +191,5 @@ class BalanceQueries(beam.PTransform):
         self._counts = counts
 
     def expand(self, candidates):
-        result = candidates | "Sample" >> beam.ParDo(
-            BalanceFn(self._config), counts=beam.pvalue.AsDict(self._counts)
-        ).with_outputs(FAILED, main=KEPT)
-        return StageResult(result[KEPT], result[FAILED])
+        return candidates | "Sample" >> StageOnElements(
+            BalanceStep(self._config), {"counts": beam.pvalue.AsSingleton(self._counts)})

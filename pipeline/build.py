@@ -49,6 +49,7 @@ from pipeline.shards import (
     read_completed_shards,
     read_written_samples,
 )
+from pipeline.steps import unbatch
 from pipeline.summary import REUSED_MARK, WriteSummary
 
 LOGGER = logging.getLogger("openwit")
@@ -147,7 +148,7 @@ class BuildCorpus(beam.PTransform):
         curated = pbegin | "Curate" >> CurateCandidates(config.curate)
         write_failures(curated.failures, config.fetch.shards.output)
         return {
-            "curated": curated.curated,
+            "curated": unbatch(curated.curated, "Curated candidates"),
             "text_entries": curated.stage_entries,
             "query_rows": curated.query_rows,
         } | "Fetch" >> FetchCorpus(config.fetch, build_run_config(config), self._completed)

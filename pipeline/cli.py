@@ -1,4 +1,4 @@
-"""The `openwit` command: curate, download, build, queries, demo, web."""
+"""The `openwit` command: curate, download, build, queries, train, eval, demo, web, report."""
 
 from __future__ import annotations
 
@@ -100,6 +100,14 @@ def cmd_train(args, beam_args) -> int:
     return 0
 
 
+def cmd_eval(args, beam_args) -> int:
+    from model.evaluate import config_from_args, evaluate, format_results
+
+    results = evaluate(config_from_args(args, beam_args))
+    print(format_results(results))
+    return 0
+
+
 def cmd_queries(args, beam_args) -> int:
     from queries.build import format_stats, run
 
@@ -126,6 +134,23 @@ def cmd_web(args, beam_args) -> int:
             return 0
         print("serving; Ctrl-C to stop", flush=True)
         web.serve_forever()
+    return 0
+
+
+def cmd_report(args, beam_args) -> int:
+    from pipeline.report import config_from_args, run_report
+
+    if beam_args:  # Beam's filesystem flags (e.g. --s3_endpoint_url) for s3:// or gs:// inputs
+        from apache_beam.io.filesystems import FileSystems
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+        from pipeline.config import reject_unknown_options
+
+        options = PipelineOptions(beam_args)
+        reject_unknown_options(options)
+        FileSystems.set_options(options)
+    path, seconds = run_report(config_from_args(args))
+    print(f"report written to {path} in {seconds:.1f} s")
     return 0
 
 
@@ -164,10 +189,11 @@ def make_parser() -> argparse.ArgumentParser:
         command.set_defaults(handler=handler)
 
     demo = commands.add_parser(
-        "demo", help="generate and serve the local mini-web, then build a corpus from it"
+        "demo", help="the whole path on the local mini-web: build, train tiny, eval, report"
     )
     demo.add_argument("--output", default="openwit-demo", help="folder for everything")
-    demo.add_argument("--quick", action="store_true", help="a small world (under 2 minutes)")
+    demo.add_argument("--quick", action="store_true",
+                      help="a small world and a short training (about a minute)")
     demo.add_argument("--samples", type=int, default=None, help="candidate rows in the world")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--port", type=int, default=DEMO_PORT,
@@ -175,6 +201,12 @@ def make_parser() -> argparse.ArgumentParser:
                            "shards, are the same on every machine; 0: any free port)")
     demo.add_argument("--per-query-cap", type=int, default=None,
                       help="default: a tenth of the candidates, so that balancing shows")
+    demo.add_argument("--train-samples", type=int, default=None,
+                      help="samples seen in training (default 128,000; --quick 32,000)")
+    demo.add_argument("--no-train", action="store_true", help="build the corpus only")
+    demo.add_argument("--ablation", choices=["balance"], default=None,
+                      help="balance: also train on an unbalanced corpus of the same size from "
+                           "the same pool and compare zero-shot accuracy on head and tail")
     demo.set_defaults(handler=cmd_demo)
 
     from model.cli_args import add_train_arguments
@@ -185,6 +217,13 @@ def make_parser() -> argparse.ArgumentParser:
     add_train_arguments(train)
     train.set_defaults(handler=cmd_train)
 
+    from model.cli_args import add_eval_arguments
+
+    evaluation = commands.add_parser(
+        "eval", help="zero-shot, retrieval and linear-probe evaluation of a trained checkpoint")
+    add_eval_arguments(evaluation)
+    evaluation.set_defaults(handler=cmd_eval)
+
     web = commands.add_parser("web", help="generate the mini-web and serve it on 127.0.0.1")
     web.add_argument("--output", required=True, help="folder for the world's files")
     web.add_argument("--samples", type=int, default=20000)
@@ -193,6 +232,13 @@ def make_parser() -> argparse.ArgumentParser:
     web.add_argument("--eval-per-class", type=int, default=30)
     web.add_argument("--no-serve", action="store_true", help="write the files and exit")
     web.set_defaults(handler=cmd_web)
+
+    from pipeline.report import add_report_arguments  # matplotlib is imported only to draw
+
+    report = commands.add_parser(
+        "report", help="one self-contained HTML page: corpus, training run, evaluation")
+    add_report_arguments(report)
+    report.set_defaults(handler=cmd_report)
     return parser
 
 

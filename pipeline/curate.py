@@ -30,21 +30,23 @@ import time
 import typing
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipeline import storage
-from pipeline.balance import BalanceQueries, CountQueryMatches, CountQueryMatchesInParts
+from pipeline.balance import BalanceStep, CountQueryMatches, CountQueryMatchesInParts
 from pipeline.config import ConfigError, CurateConfig, MatchConfig, validate_curate
-from pipeline.dedup import DropDuplicateUrls, FindDuplicateUrls
-from pipeline.language import FilterLanguage
-from pipeline.match import MatchQueries, METACLIP_MODE
-from pipeline.normalise import NormaliseCaptions
+from pipeline.dedup import DropDuplicateUrlsStep, FindDuplicateUrls
+from pipeline.language import LanguageStep
+from pipeline.match import METACLIP_MODE, MatchStep
+from pipeline.normalise import NormaliseStep
 from pipeline.parts import ReadParquetParts, WriteParquetParts
 from pipeline.read import ReadCandidates
 from pipeline.records import FAILURE_SCHEMA, Stage
 from pipeline.shards import encode_parquet
+from pipeline.steps import BATCH_SIZE, RunSteps, Step
 from pipeline.summary import check_curated, format_stage_table, text_stage_entries
 from queries.table import load_query_strings
 
@@ -88,12 +90,24 @@ def load_queries(config: MatchConfig) -> list[str]:
     return load_query_strings(config.queries, exact=config.mode == METACLIP_MODE)
 
 
-def curated_keys(candidate) -> list:
-    return [("query", query_id) for query_id in candidate["query_ids"]] + [
-        ("language", candidate["language"])]
+class _CountLanguages(beam.DoFn):
+    """Lists of curated candidates -> (language, candidates) per bundle."""
+
+    def start_bundle(self):
+        self._counts = collections.Counter()
+
+    def process(self, batch):
+        self._counts.update(candidate["language"] for candidate in batch)
+
+    def finish_bundle(self):
+        from apache_beam.transforms.window import GlobalWindow
+        from apache_beam.utils.windowed_value import WindowedValue
+
+        for pair in self._counts.items():
+            yield WindowedValue(pair, 0, [GlobalWindow()])
 
 
-class NameQueriesFn(beam.DoFn):
+class NameQueriesStep(Step):
     """Adds the matched query strings, for people and for the shards' metadata."""
 
     def __init__(self, config: MatchConfig):
@@ -104,14 +118,18 @@ class NameQueriesFn(beam.DoFn):
         # Only an exact (metaclip) table keeps duplicate entries, whose names repeat.
         self._may_repeat = self._config.mode == METACLIP_MODE
 
-    def process(self, candidate):
-        queries = self._queries
-        names = [queries[i] for i in candidate["query_ids"]]
-        yield {**candidate, "queries": sorted(set(names)) if self._may_repeat else sorted(names)}
+    def run(self, candidates, side):
+        queries, may_repeat = self._queries, self._may_repeat
+        named = []
+        for candidate in candidates:
+            names = [queries[i] for i in candidate["query_ids"]]
+            named.append({**candidate,
+                          "queries": sorted(set(names)) if may_repeat else sorted(names)})
+        return named, []
 
 
 class QueryRowsFn(beam.DoFn):
-    """(query id, {matched: [n], kept: [n]}) -> a query_counts row."""
+    """The matched and kept count vectors -> a query_counts row per query that matched."""
 
     def __init__(self, config: MatchConfig):
         self._config = config
@@ -119,14 +137,15 @@ class QueryRowsFn(beam.DoFn):
     def setup(self):
         self._queries = load_queries(self._config)
 
-    def process(self, id_and_counts):
-        query_id, counts = id_and_counts
-        yield {"query_id": query_id, "query": self._queries[query_id],
-               "matched": sum(counts["matched"]), "kept": sum(counts["kept"])}
+    def process(self, matched, kept):
+        kept = np.concatenate([kept, np.zeros(max(0, len(matched) - len(kept)), np.int64)])
+        for query_id in np.flatnonzero(matched).tolist():
+            yield {"query_id": query_id, "query": self._queries[query_id],
+                   "matched": int(matched[query_id]), "kept": int(kept[query_id])}
 
 
 class CurateResult(typing.NamedTuple):
-    curated: beam.PCollection  # candidate dicts with the fields of CURATED_SCHEMA
+    curated: beam.PCollection  # lists of candidate dicts with the fields of CURATED_SCHEMA
     failures: dict  # stage -> its failure dicts (kept apart: see `write_failures`)
     stage_entries: beam.PCollection  # a singleton: {stages: [{stage, in, kept, dropped}] in
     #                                   stage order, problems: [accounting problems]}
@@ -141,29 +160,28 @@ class CurateCandidates(beam.PTransform):
 
     def expand(self, pbegin):
         config = self._config
-        read = pbegin | "Read candidates" >> ReadCandidates(config.read)
-        normalised = read.kept | "Normalise captions" >> NormaliseCaptions(config.normalise)
-        matched = normalised.kept | "Match queries" >> MatchQueries(config.match)
+        # Candidates travel in lists between the transforms (pipeline/steps.py).
+        read = pbegin | "Read candidates" >> ReadCandidates(config.read, batch_size=BATCH_SIZE)
+        matched = read.kept | "Normalise and match" >> RunSteps(
+            [NormaliseStep(config.normalise), MatchStep(config.match)])
         matched_files = matched.kept | "Keep matched for pass 2" >> WriteParquetParts(
             storage.join(config.output, WORK_FOLDER), MATCHED_PREFIX, MATCHED_SCHEMA)
-        duplicates = matched.kept | "Find duplicate URLs" >> FindDuplicateUrls()
+        duplicates = matched.kept | "Find duplicate URLs" >> FindDuplicateUrls(batched=True)
 
         # Pass 2 counts the unique candidates; it starts when the files are complete.
         counts = matched_files | "Count matches per query" >> CountQueryMatchesInParts(
             duplicates)
 
         # Pass 3 samples with the counts and identifies languages.
-        rematched = matched_files | "Pass 3: read" >> ReadParquetParts()
-        deduped = rematched | "Drop duplicate URLs" >> DropDuplicateUrls(duplicates)
-        balanced = deduped.kept | "Balance" >> BalanceQueries(config.balance, counts)
-        in_language = balanced.kept | "Filter language" >> FilterLanguage(config.language)
-        curated = in_language.kept | "Name queries" >> beam.ParDo(NameQueriesFn(config.match))
+        rematched = matched_files | "Pass 3: read" >> ReadParquetParts(
+            batch_rows=BATCH_SIZE, as_lists=True)
+        curated = rematched | "Dedup, balance, language" >> RunSteps(
+            [DropDuplicateUrlsStep(), BalanceStep(config.balance),
+             LanguageStep(config.language), NameQueriesStep(config.match)],
+            side_inputs={"losers": beam.pvalue.AsDict(duplicates),
+                         "counts": beam.pvalue.AsSingleton(counts)})
 
-        stages = {
-            Stage.READ: read, Stage.NORMALISE: normalised, Stage.MATCH: matched,
-            Stage.DEDUP_URL: deduped, Stage.BALANCE: balanced, Stage.LANGUAGE: in_language,
-        }
-        failures = {name: stage.failed for name, stage in stages.items()}
+        failures = {Stage.READ: read.failed, **matched.failed, **curated.failed}
         dropped = [
             failed
             | f"Reasons of {name}" >> beam.Map(lambda f: ((f["stage"], f["reason"]), 1))
@@ -171,13 +189,11 @@ class CurateCandidates(beam.PTransform):
             for name, failed in failures.items()
         ] | "Drops of every stage" >> beam.Flatten()
         input_rows = read.rows | "Input rows" >> beam.CombineGlobally(sum)
-        # One counting pass over the curated candidates gives per-query and per-language
-        # counts; every curated candidate has one language, so their sum is the total.
-        curated_counts = curated | "Count curated" >> CountQueryMatches(curated_keys)
-        kept_counts = curated_counts | "Kept per query" >> beam.FlatMapTuple(
-            lambda key, n: [(key[1], n)] if key[0] == "query" else [])
-        languages = curated_counts | "Per language" >> beam.FlatMapTuple(
-            lambda key, n: [(key[1], n)] if key[0] == "language" else [])
+        kept_counts = curated.kept | "Kept per query" >> CountQueryMatches()
+        languages = (curated.kept
+                     | "Languages in bundle" >> beam.ParDo(_CountLanguages())
+                     | "Per language" >> beam.CombinePerKey(sum))
+        # Every curated candidate has one language, so the languages' sum is the total.
         curated_count = (
             languages
             | "Language totals" >> beam.Values()
@@ -194,12 +210,9 @@ class CurateCandidates(beam.PTransform):
                 entries_and_check, dropped=beam.pvalue.AsDict(dropped),
                 curated_count=beam.pvalue.AsSingleton(curated_count))
         )
-        query_rows = (
-            {"matched": counts, "kept": kept_counts}
-            | "Join query counts" >> beam.CoGroupByKey()
-            | "Query rows" >> beam.ParDo(QueryRowsFn(config.match))
-        )
-        return CurateResult(curated, failures, stage_entries, query_rows, languages)
+        query_rows = counts | "Query rows" >> beam.ParDo(
+            QueryRowsFn(config.match), kept=beam.pvalue.AsSingleton(kept_counts))
+        return CurateResult(curated.kept, failures, stage_entries, query_rows, languages)
 
 
 def write_query_counts(path: str, rows: list[dict], schema: pa.Schema) -> None:

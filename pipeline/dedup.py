@@ -23,7 +23,8 @@ import apache_beam as beam
 import numpy as np
 
 from pipeline.read import PLAIN_URL
-from pipeline.records import KEY_HEX_CHARS, FAILED, KEPT, Reason, Stage, StageResult, failure
+from pipeline.records import KEY_HEX_CHARS, Reason, Stage, failure
+from pipeline.steps import StageOnElements, Step
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -62,6 +63,20 @@ def _url_entry(candidate):
     low = int.from_bytes(digest[8:], "big", signed=True)
     key = int(candidate["key"], 16) - _KEY_OFFSET
     return low % URL_BUCKETS, (high, low, key, candidate["row"])
+
+
+def _url_entries_by_bucket(candidates: list[dict]):
+    """A batch of candidates -> (bucket, array of its entries' integers) per bucket present."""
+    entries = array.array("q")
+    for candidate in candidates:
+        entries.extend(_url_entry(candidate)[1])
+    table = np.frombuffer(entries, dtype=np.int64).reshape(-1, 4)
+    buckets = table[:, 1] % URL_BUCKETS
+    order = np.argsort(buckets, kind="stable")
+    table, buckets = table[order], buckets[order]
+    starts = np.flatnonzero(np.concatenate([[True], buckets[1:] != buckets[:-1]]))
+    for start, end in zip(starts, np.append(starts[1:], len(table))):
+        yield int(buckets[start]), array.array("q", table[start:end].tobytes())
 
 
 class _DuplicatesInBucket(beam.CombineFn):
@@ -108,23 +123,41 @@ class FindDuplicateUrls(beam.PTransform):
     vanishingly unlikely (about 1 in 10^20 for a billion URLs).
     """
 
+    def __init__(self, batched: bool = False):
+        super().__init__()
+        self._batched = batched  # the input holds lists of candidates (see pipeline/steps.py)
+
     def expand(self, candidates):
+        if self._batched:
+            entries = candidates | "URL hashes, keys and rows" >> beam.FlatMap(
+                _url_entries_by_bucket)
+        else:
+            entries = candidates | "URL hash, key and row" >> beam.Map(_url_entry)
         return (
-            candidates
-            | "URL hash, key and row" >> beam.Map(_url_entry)
+            entries
             | "Per URL bucket" >> beam.CombinePerKey(_DuplicatesInBucket())
             | "Losers" >> beam.FlatMap(lambda bucket_and_losers: bucket_and_losers[1])
         )
 
 
-def _drop_duplicate(candidate, losers):
-    winner = losers.get(candidate["row"])
-    if winner is None:
-        yield candidate
-    else:
-        yield beam.pvalue.TaggedOutput(
-            FAILED, failure(candidate, Stage.DEDUP_URL, Reason.DUPLICATE_URL,
-                            f"same URL as {winner}"))
+class DropDuplicateUrlsStep(Step):
+    """Side input `losers`: {loser row: winner key}, from `FindDuplicateUrls`."""
+
+    stage = Stage.DEDUP_URL
+    side_input = "losers"
+
+    def run(self, candidates, losers):
+        if not losers:
+            return candidates, []
+        kept, failures = [], []
+        for candidate in candidates:
+            winner = losers.get(candidate["row"])
+            if winner is None:
+                kept.append(candidate)
+            else:
+                failures.append(failure(candidate, Stage.DEDUP_URL, Reason.DUPLICATE_URL,
+                                        f"same URL as {winner}"))
+        return kept, failures
 
 
 class DropDuplicateUrls(beam.PTransform):
@@ -135,10 +168,8 @@ class DropDuplicateUrls(beam.PTransform):
         self._duplicates = duplicates
 
     def expand(self, candidates):
-        result = candidates | "Drop losers" >> beam.FlatMap(
-            _drop_duplicate, losers=beam.pvalue.AsDict(self._duplicates)
-        ).with_outputs(FAILED, main=KEPT)
-        return StageResult(result[KEPT], result[FAILED])
+        return candidates | "Drop losers" >> StageOnElements(
+            DropDuplicateUrlsStep(), {"losers": beam.pvalue.AsDict(self._duplicates)})
 
 
 class DedupUrls(beam.PTransform):

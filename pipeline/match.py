@@ -28,7 +28,8 @@ import ahocorasick
 import apache_beam as beam
 
 from pipeline.config import MatchConfig
-from pipeline.records import FAILED, KEPT, Reason, Stage, StageResult, tagged_failure
+from pipeline.records import Reason, Stage, failure
+from pipeline.steps import StageOnElements, Step
 from queries.table import load_query_strings
 
 WORD_MODE = "word"
@@ -126,39 +127,38 @@ def load_matcher(config: MatchConfig) -> QueryMatcher:
     return QueryMatcher(queries, config.mode, config.case_sensitive)
 
 
-class MatchQueriesFn(beam.DoFn):
+class MatchStep(Step):
+    """Survivors carry `query_ids`. Without a query table every caption passes with none."""
+
+    stage = Stage.MATCH
+
     def __init__(self, config: MatchConfig):
         self._config = config
 
     def setup(self):
-        self._matcher = load_matcher(self._config)
+        self._matcher = load_matcher(self._config) if self._config.queries is not None else None
 
-    def process(self, candidate):
-        ids = self._matcher.match_ids(candidate["caption"])
-        if not ids:
-            yield tagged_failure(candidate, Stage.MATCH, Reason.NO_QUERY_MATCH)
-            return
-        yield {**candidate, "query_ids": ids}
+    def run(self, candidates, side):
+        if self._matcher is None:
+            return [{**candidate, "query_ids": []} for candidate in candidates], []
+        match_ids = self._matcher.match_ids
+        kept, failures = [], []
+        for candidate in candidates:
+            ids = match_ids(candidate["caption"])
+            if ids:
+                kept.append({**candidate, "query_ids": ids})
+            else:
+                failures.append(failure(candidate, Stage.MATCH, Reason.NO_QUERY_MATCH))
+        return kept, failures
 
 
 class MatchQueries(beam.PTransform):
     """Candidates -> StageResult; survivors carry `query_ids` (curation adds the strings
-    once, at its end, for the candidates it keeps).
-
-    Without a table every caption passes with no queries (and nothing is balanced).
-    """
+    once, at its end, for the candidates it keeps)."""
 
     def __init__(self, config: MatchConfig):
         super().__init__()
         self._config = config
 
     def expand(self, candidates):
-        if self._config.queries is None:
-            kept = candidates | "No query table" >> beam.Map(
-                lambda c: {**c, "query_ids": []})
-            failed = candidates.pipeline | "No match failures" >> beam.Create([])
-            return StageResult(kept, failed)
-        result = candidates | "Match" >> beam.ParDo(MatchQueriesFn(self._config)).with_outputs(
-            FAILED, main=KEPT
-        )
-        return StageResult(result[KEPT], result[FAILED])
+        return candidates | "Match" >> StageOnElements(MatchStep(self._config))

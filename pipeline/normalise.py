@@ -15,7 +15,8 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from pipeline.config import NormaliseConfig
-from pipeline.records import FAILED, KEPT, Reason, Stage, StageResult, tagged_failure
+from pipeline.records import Reason, Stage, failure
+from pipeline.steps import StageOnElements, Step
 
 _WHITESPACE = re.compile(r"\s+")
 # C0/C1 control characters and zero-width marks that alt texts pick up from CMS templates.
@@ -43,25 +44,32 @@ def normalise_caption(caption: str) -> str:
     return _WHITESPACE.sub(" ", caption).strip()
 
 
-class NormaliseFn(beam.DoFn):
+class NormaliseStep(Step):
+    stage = Stage.NORMALISE
+
     def __init__(self, config: NormaliseConfig):
         self._config = config
 
     def setup(self):
         self._changed = Metrics.counter("openwit", "normalise.changed")
 
-    def process(self, candidate):
-        caption = normalise_caption(candidate["caption"])
-        if not caption:
-            yield tagged_failure(candidate, Stage.NORMALISE, Reason.EMPTY_CAPTION)
-            return
-        if len(caption) > self._config.max_caption_chars:
-            yield tagged_failure(candidate, Stage.NORMALISE, Reason.CAPTION_TOO_LONG,
-                                 f"{len(caption)} characters")
-            return
-        if caption != candidate["caption"]:
-            self._changed.inc()
-        yield {**candidate, "caption": caption}
+    def run(self, candidates, side):
+        kept, failures, changed = [], [], 0
+        max_chars = self._config.max_caption_chars
+        for candidate in candidates:
+            caption = normalise_caption(candidate["caption"])
+            if not caption:
+                failures.append(failure(candidate, Stage.NORMALISE, Reason.EMPTY_CAPTION))
+            elif len(caption) > max_chars:
+                failures.append(failure(candidate, Stage.NORMALISE, Reason.CAPTION_TOO_LONG,
+                                        f"{len(caption)} characters"))
+            elif caption == candidate["caption"]:
+                kept.append(candidate)
+            else:
+                changed += 1
+                kept.append({**candidate, "caption": caption})
+        self._changed.inc(changed)
+        return kept, failures
 
 
 class NormaliseCaptions(beam.PTransform):
@@ -70,7 +78,4 @@ class NormaliseCaptions(beam.PTransform):
         self._config = config
 
     def expand(self, candidates):
-        result = candidates | "Normalise" >> beam.ParDo(NormaliseFn(self._config)).with_outputs(
-            FAILED, main=KEPT
-        )
-        return StageResult(result[KEPT], result[FAILED])
+        return candidates | "Normalise" >> StageOnElements(NormaliseStep(self._config))

@@ -42,8 +42,11 @@ class _WritePartsFn(beam.DoFn):
     def start_bundle(self):
         self._rows: list[dict] = []
 
-    def process(self, row):
-        self._rows.append(row)
+    def process(self, row_or_rows):
+        if isinstance(row_or_rows, list):
+            self._rows.extend(row_or_rows)
+        else:
+            self._rows.append(row_or_rows)
         if len(self._rows) >= self._rows_per_part:
             yield self._flush()
 
@@ -62,8 +65,9 @@ class _WritePartsFn(beam.DoFn):
 
 
 class WriteParquetParts(beam.PTransform):
-    """dict rows (with a `key`) -> parquet files `FOLDER/PREFIX-<hash>-<rows>.parquet`; emits
-    the paths. Fields outside `schema` are left out."""
+    """dict rows (with a `key`), or lists of them -> parquet files
+    `FOLDER/PREFIX-<hash>-<rows>.parquet`; emits the paths. Fields outside `schema` are left
+    out."""
 
     def __init__(self, folder: str, prefix: str, schema: pa.Schema,
                  rows_per_part: int = ROWS_PER_PART):
@@ -75,22 +79,28 @@ class WriteParquetParts(beam.PTransform):
 
 
 class _ReadPartFn(beam.DoFn):
-    def __init__(self, batch_rows: int):
+    def __init__(self, batch_rows: int, as_lists: bool):
         self._batch_rows = batch_rows
+        self._as_lists = as_lists
 
     def process(self, path):
         with storage.open_read(path) as f:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=self._batch_rows):
-                yield from batch.to_pylist()
+                if self._as_lists:
+                    yield batch.to_pylist()
+                else:
+                    yield from batch.to_pylist()
 
 
 class ReadParquetParts(beam.PTransform):
-    """Paths of parquet parts -> their rows as dicts (pyarrow converts a batch at a time;
-    Beam's ReadAllFromParquet builds each dict in Python)."""
+    """Paths of parquet parts -> their rows as dicts, or as lists of up to `batch_rows` dicts
+    with `as_lists` (pyarrow converts a batch at a time; Beam's ReadAllFromParquet builds each
+    dict in Python)."""
 
-    def __init__(self, batch_rows: int = ROWS_PER_GROUP):
+    def __init__(self, batch_rows: int = ROWS_PER_GROUP, as_lists: bool = False):
         super().__init__()
         self._batch_rows = batch_rows
+        self._as_lists = as_lists
 
     def expand(self, paths):
         # The reshuffle starts a new stage that reads the parts: without it a runner fuses the
@@ -98,4 +108,4 @@ class ReadParquetParts(beam.PTransform):
         # computed from those files makes it hold every row in between.
         return (paths
                 | "Spread parts" >> beam.Reshuffle()
-                | "Read parts" >> beam.ParDo(_ReadPartFn(self._batch_rows)))
+                | "Read parts" >> beam.ParDo(_ReadPartFn(self._batch_rows, self._as_lists)))

@@ -158,8 +158,12 @@ class SplitIntoUnits(beam.DoFn):
 
 
 class ParseUnit(beam.DoFn):
-    def __init__(self, config: ReadConfig):
+    """A unit -> candidate dicts (or lists of up to `batch_size` of them), failures tagged
+    FAILED, and the unit's row count tagged ROWS."""
+
+    def __init__(self, config: ReadConfig, batch_size: int | None = None):
         self._config = config
+        self._batch_size = batch_size
 
     def setup(self):
         self._rows = Metrics.counter("openwit", "read.rows")
@@ -170,13 +174,21 @@ class ParseUnit(beam.DoFn):
         parse = {"parquet": self._parquet, "csv": self._delimited, "tsv": self._delimited,
                  "jsonl": self._jsonl}[fmt]
         rows = malformed = 0
+        batch: list[dict] = []
         for result in parse(path, fmt, row_group):
             rows += 1
             if "stage" in result:
                 malformed += 1
                 yield beam.pvalue.TaggedOutput(FAILED, result)
-            else:
+            elif self._batch_size is None:
                 yield result
+            else:
+                batch.append(result)
+                if len(batch) >= self._batch_size:
+                    yield batch
+                    batch = []
+        if batch:
+            yield batch
         # Counted at the source, per unit: the input rows that every stage accounts for.
         self._rows.inc(rows)
         self._malformed.inc(malformed)
@@ -300,17 +312,19 @@ ROWS = "rows"
 
 
 class ReadResult(typing.NamedTuple):
-    kept: beam.PCollection  # candidate dicts
+    kept: beam.PCollection  # candidate dicts (lists of them when read with a batch size)
     failed: beam.PCollection  # failure dicts
     rows: beam.PCollection  # rows read per unit (sum them for the input rows)
 
 
 class ReadCandidates(beam.PTransform):
-    """Candidate lists -> ReadResult(kept, failed, rows)."""
+    """Candidate lists -> ReadResult(kept, failed, rows); with `batch_size`, `kept` holds
+    lists of candidates (see pipeline/steps.py)."""
 
-    def __init__(self, config: ReadConfig):
+    def __init__(self, config: ReadConfig, batch_size: int | None = None):
         super().__init__()
         self._config = config
+        self._batch_size = batch_size
 
     def expand(self, pbegin):
         parsed = (
@@ -319,7 +333,7 @@ class ReadCandidates(beam.PTransform):
             | "Match files" >> fileio.MatchAll(fileio.EmptyMatchTreatment.DISALLOW)
             | "Split into units" >> beam.ParDo(SplitIntoUnits(self._config.input_format))
             | "Spread units" >> beam.Reshuffle()
-            | "Parse rows" >> beam.ParDo(ParseUnit(self._config)).with_outputs(
+            | "Parse rows" >> beam.ParDo(ParseUnit(self._config, self._batch_size)).with_outputs(
                 FAILED, ROWS, main=KEPT)
         )
         return ReadResult(parsed[KEPT], parsed[FAILED], parsed[ROWS])

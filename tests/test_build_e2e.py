@@ -218,14 +218,26 @@ def test_resume_rewrites_only_incomplete_shards(web, corpus, tmp_path):
 
 
 def test_demo_quick_from_the_command_line(tmp_path):
+    # The whole path at its smallest: build, train, eval, report.
     completed = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "demo", "--quick", "--samples", "300",
-         "--port", "0", "--output", str(tmp_path)],
+         "--train-samples", "960", "--port", "0", "--output", str(tmp_path)],
         capture_output=True, text=True, timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "read back" in completed.stdout and "written in" in completed.stdout
     assert glob.glob(str(tmp_path / "corpus" / "shards" / "*.tar"))
+    last_lines = completed.stdout.strip().splitlines()[-2:]
+    assert [line.split(",")[0] for line in last_lines] == [
+        "zero-shot top-1", "zero-shot top-1"], last_lines
+    assert all("x chance of 10.0%" in line for line in last_lines)
+    results = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert set(results["zero_shot"]["by_templates"]) == {"single", "ensemble"}
+    assert results["retrieval"]["pairs"] > 0  # on the held-out last shard
+    # The probe on the demo model's frozen features beats chance.
+    assert results["linear_probe"]["test_accuracy"] > results["zero_shot"]["chance"]
+    report = (tmp_path / "report.html").read_text()
+    assert "data:image/png;base64," in report and "circle" in report
 
 
 def test_curate_then_download_equals_build(web, corpus, tmp_path):

@@ -138,6 +138,11 @@ def test_balance_draw_is_deterministic_uniform_and_seeded():
     assert draws[:50] != [balance_draw(1, f"{i:016x}") for i in range(50)]
 
 
+def nonzero_counts(vector):
+    return [(query_id, int(vector[query_id])) for query_id in range(len(vector))
+            if vector[query_id]]
+
+
 def test_count_query_matches_equals_a_direct_count():
     rng = random.Random(1)
     inputs = [candidate(f"http://a.test/{i}", f"c{i}", sorted(rng.sample(range(50), 3)))
@@ -145,7 +150,11 @@ def test_count_query_matches_equals_a_direct_count():
     expected = collections.Counter(q for c in inputs for q in c["query_ids"])
     with beam_test_pipeline() as p:
         counts = p | beam.Create(inputs) | CountQueryMatches()
-        assert_that(counts, equal_to(list(expected.items())))
+        assert_that(counts | beam.FlatMap(nonzero_counts), equal_to(list(expected.items())))
+        batches = [inputs[start:start + 64] for start in range(0, len(inputs), 64)]
+        batched = p | "Batches" >> beam.Create(batches) | "Batched" >> CountQueryMatches()
+        assert_that(batched | "Pairs" >> beam.FlatMap(nonzero_counts),
+                    equal_to(list(expected.items())), label="batched")
 
 
 def test_count_in_parts_skips_url_losers_and_equals_a_direct_count(tmp_path):
@@ -162,7 +171,7 @@ def test_count_in_parts_skips_url_losers_and_equals_a_direct_count(tmp_path):
         paths = (p | "rows" >> beam.Create(rows)
                  | WriteParquetParts(str(tmp_path), "matched", MATCHED_SCHEMA, rows_per_part=100))
         counts = paths | CountQueryMatchesInParts(p | "losers" >> beam.Create(losers))
-        assert_that(counts, equal_to(list(expected.items())))
+        assert_that(counts | beam.FlatMap(nonzero_counts), equal_to(list(expected.items())))
     assert len(list(tmp_path.glob("matched-*.parquet"))) >= 9
 
 
@@ -248,8 +257,12 @@ def test_find_duplicate_urls_over_many_buckets():
     for members in by_url.values():
         winner = min(members, key=lambda c: (c["key"], c["row"]))
         expected += [(c["row"], winner["key"]) for c in members if c is not winner]
+    batches = [pool[start:start + 700] for start in range(0, len(pool), 700)]
     with beam_test_pipeline() as p:
         assert_that(p | beam.Create(pool) | FindDuplicateUrls(), equal_to(expected))
+        assert_that(p | "Batches" >> beam.Create(batches)
+                    | "Batched" >> FindDuplicateUrls(batched=True),
+                    equal_to(expected), label="batched")
 
 
 # --- the exact cap after download ------------------------------------------------------------

@@ -11,10 +11,11 @@ from pipeline.cap import CapPerQuery, cap_priority
 from pipeline.config import CapConfig, LanguageConfig, MatchConfig, NormaliseConfig
 from pipeline.dedup import DedupUrls, canonical_url
 from pipeline.langid import LanguageIdentifier
-from pipeline.language import FilterLanguage, FilterLanguageFn
+from pipeline.language import FilterLanguage, LanguageStep
 from pipeline.match import MatchQueries, QueryMatcher
 from pipeline.normalise import NormaliseCaptions, normalise_caption
 from pipeline.records import Reason, sample_key, stable_hash64
+from pipeline.steps import StageOnElements
 
 
 def candidate(url, caption, queries=None, query_ids=None):
@@ -158,8 +159,7 @@ def test_language_stage_in_small_batches_gives_langdetects_answers():
     every_language = tuple(LanguageIdentifier(0).languages)  # so that nothing is dropped
     config = LanguageConfig(languages=every_language, min_probability=0.0)
     with beam_test_pipeline() as p:
-        result = p | beam.Create(inputs) | beam.ParDo(
-            FilterLanguageFn(config, batch_size=3)).with_outputs("failed", main="kept")
+        result = p | beam.Create(inputs) | StageOnElements(LanguageStep(config), batch_size=3)
         assert_that(result.kept | beam.Map(lambda c: (c["caption"], c["language"],
                                                        c["language_prob"])),
                     equal_to([(t, *langdetect_answer(t)) for t in texts]))

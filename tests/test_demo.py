@@ -1,0 +1,91 @@
+"""The demo's ablation pieces: an unbalanced subset of the pool, head and tail classes."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+from pipeline.demo import (
+    arm_summary,
+    draw_unbalanced,
+    format_ablation,
+    head_and_tail,
+    shard_sizes,
+    subset_shards,
+)
+
+
+def write_pool(folder, keys_per_shard):
+    folder.mkdir(parents=True)
+    sizes = {}
+    for index, keys in enumerate(keys_per_shard):
+        name = f"{index:06d}"
+        with wds.TarWriter(str(folder / f"{name}.tar")) as writer:
+            for key in keys:
+                writer.write({"__key__": key, "jpg": key.encode() * 3, "txt": f"caption {key}",
+                              "json": json.dumps({"key": key}).encode()})
+        pq.write_table(pa.table({"key": keys}), folder / f"{name}.parquet")
+        sizes[f"{name}.tar"] = len(keys)
+    (folder / "sizes.json").write_text(json.dumps(sizes))
+
+
+def test_unbalanced_subset_is_a_seeded_uniform_draw_copied_whole(tmp_path):
+    pool = tmp_path / "pool"
+    keys = [f"{i:016x}" for i in range(50)]
+    write_pool(pool, [keys[:20], keys[20:35], keys[35:]])
+    drawn = draw_unbalanced(str(pool), 12, seed=1)
+    assert len(drawn) == 12 and drawn <= set(keys)
+    assert drawn == draw_unbalanced(str(pool), 12, seed=1)
+    assert drawn != draw_unbalanced(str(pool), 12, seed=2)
+
+    out = tmp_path / "unbalanced"
+    assert subset_shards(str(pool), drawn, str(out), samples_per_shard=5) == 12
+    assert shard_sizes(str(out)) == {"000000.tar": 5, "000001.tar": 5, "000002.tar": 2}
+    copied = list(wds.WebDataset(sorted(str(p) for p in out.glob("*.tar")), shardshuffle=False))
+    assert {s["__key__"] for s in copied} == drawn
+    for sample in copied:  # every file of a sample comes along, unchanged
+        assert sample["jpg"] == sample["__key__"].encode() * 3
+        assert sample["txt"] == f"caption {sample['__key__']}".encode()
+        assert json.loads(sample["json"]) == {"key": sample["__key__"]}
+
+
+def test_head_and_tail_split_classes_by_pool_matches(tmp_path):
+    rows = [{"query_id": i, "query": q, "matched": n, "kept": n}
+            for i, (q, n) in enumerate([("circle", 900), ("square", 400), ("star", 90),
+                                        ("arrow", 30), ("red", 5000)])]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "query_counts.parquet")
+    head, tail = head_and_tail(["arrow", "circle", "square", "star"], str(tmp_path))
+    assert head == ["circle", "square"] and tail == ["star", "arrow"]
+
+
+def test_arm_summary_averages_per_class_accuracy_over_head_and_tail():
+    results = {"zero_shot": {"chance": 0.25, "by_templates": {
+        "single": {"top1": 0.1, "per_class": {}},
+        "ensemble": {"top1": 0.5, "per_class": {"a": 1.0, "b": 0.5, "c": 0.0, "d": None}}}}}
+    summary = arm_summary(results, head=["a", "b"], tail=["c", "d"], samples=40)
+    assert summary == {"top1": 0.5, "head_top1": 0.75, "tail_top1": 0.0, "samples": 40,
+                       "chance": 0.25}
+    text = format_ablation({"arms": {"balanced": summary}, "head_classes": ["a", "b"],
+                            "tail_classes": ["c", "d"]})
+    assert "balanced" in text and "75.0%" in text and "tail classes: c, d" in text
+
+
+@pytest.mark.slow
+def test_demo_ablation_runs_both_arms(tmp_path):
+    from pipeline.cli import main
+
+    assert main(["demo", "--samples", "300", "--train-samples", "320", "--no-train",
+                 "--ablation", "balance", "--port", "0", "--output", str(tmp_path)]) == 0
+    ablation = json.loads((tmp_path / "ablation.json").read_text())
+    assert set(ablation["arms"]) == {"balanced", "unbalanced"}
+    balanced, unbalanced = ablation["arms"]["balanced"], ablation["arms"]["unbalanced"]
+    assert balanced["samples"] == unbalanced["samples"] > 0
+    assert shard_sizes(str(tmp_path / "unbalanced" / "shards"))
+    assert sum(shard_sizes(str(tmp_path / "unbalanced" / "shards")).values()) == \
+        balanced["samples"]
+    assert len(ablation["head_classes"]) == len(ablation["tail_classes"]) == 5
+    for arm in (balanced, unbalanced):
+        assert 0 <= arm["top1"] <= 1
+    assert "ablation" in (tmp_path / "report.html").read_text()
