@@ -66,26 +66,6 @@ def make_captions(count: int, seed: int) -> list[str]:
     return captions
 
 
-def plain_langdetect(seed: int):
-    from langdetect.detector_factory import PROFILES_DIRECTORY, DetectorFactory
-    from langdetect.lang_detect_exception import LangDetectException
-
-    factory = DetectorFactory()
-    factory.load_profile(PROFILES_DIRECTORY)
-    factory.set_seed(seed)
-
-    def detect(text: str) -> tuple[str, float] | None:
-        detector = factory.create()
-        detector.append(text)
-        try:
-            best = detector.get_probabilities()[0]
-            return best.lang, float(best.prob)
-        except (LangDetectException, IndexError):
-            return None
-
-    return detect
-
-
 def read_captions(path: str, count: int) -> list[str]:
     import pyarrow.parquet as pq
 
@@ -135,13 +115,13 @@ def main() -> None:
                         help="also time detect() one caption at a time (numba engine only)")
     args = parser.parse_args()
 
-    from pipeline.langid import LanguageIdentifier
+    from pipeline.langid import LanguageIdentifier, langdetect_reference
 
     if args.parquet:
         captions = read_captions(args.parquet, args.captions)
     else:
         captions = make_captions(args.captions, args.caption_seed)
-    reference = plain_langdetect(args.seed)
+    reference = langdetect_reference(args.seed)
     batch = args.batch or len(captions)
     identifiers = {}
     for engine in args.engines.split(","):

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -757,10 +756,9 @@ def evaluate(config: EvalConfig) -> dict:
     if config.output:
         from pipeline import storage
 
-        # Not write_json_atomic: it sorts keys, and readers should see k-shots as 1, 2, 4, 8,
-        # 16 and template sets in the order they were asked for.
-        text = json.dumps(results, indent=1) + "\n"
-        storage.write_bytes_atomic(config.output, text.encode("utf-8"))
+        # Insertion order: readers should see k-shots as 1, 2, 4, 8, 16 and template sets in
+        # the order they were asked for.
+        storage.write_json_atomic(config.output, results, sort_keys=False)
         results["output"] = config.output
     return results
 

@@ -24,7 +24,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from pipeline.config import BalanceConfig
-from pipeline.records import Reason, Stage, failure, stable_hash64
+from pipeline.records import Reason, Stage, failure, in_global_window, stable_hash64
 from pipeline.steps import StageOnElements, Step
 
 _TWO_TO_64 = float(2**64)
@@ -89,10 +89,7 @@ class _CountInBundle(beam.DoFn):
         self._total = self._sum.add_input(self._total, count_vector(c["query_ids"] for c in batch))
 
     def finish_bundle(self):
-        from apache_beam.transforms.window import GlobalWindow
-        from apache_beam.utils.windowed_value import WindowedValue
-
-        yield WindowedValue(self._total, 0, [GlobalWindow()])
+        yield in_global_window(self._total)
 
 
 class CountQueryMatches(beam.PTransform):

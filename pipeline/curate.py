@@ -44,7 +44,7 @@ from pipeline.match import METACLIP_MODE, MatchStep
 from pipeline.normalise import NormaliseStep
 from pipeline.parts import ReadParquetParts, WriteParquetParts
 from pipeline.read import ReadCandidates
-from pipeline.records import FAILURE_SCHEMA, Stage
+from pipeline.records import FAILURE_SCHEMA, Stage, in_global_window
 from pipeline.shards import encode_parquet
 from pipeline.steps import BATCH_SIZE, RunSteps, Step
 from pipeline.summary import check_curated, format_stage_table, text_stage_entries
@@ -100,11 +100,8 @@ class _CountLanguages(beam.DoFn):
         self._counts.update(candidate["language"] for candidate in batch)
 
     def finish_bundle(self):
-        from apache_beam.transforms.window import GlobalWindow
-        from apache_beam.utils.windowed_value import WindowedValue
-
         for pair in self._counts.items():
-            yield WindowedValue(pair, 0, [GlobalWindow()])
+            yield in_global_window(pair)
 
 
 class NameQueriesStep(Step):
@@ -174,7 +171,7 @@ class CurateCandidates(beam.PTransform):
 
         # Pass 3 samples with the counts and identifies languages.
         rematched = matched_files | "Pass 3: read" >> ReadParquetParts(
-            batch_rows=BATCH_SIZE, as_lists=True)
+            batch_rows=BATCH_SIZE)
         curated = rematched | "Dedup, balance, language" >> RunSteps(
             [DropDuplicateUrlsStep(), BalanceStep(config.balance),
              LanguageStep(config.language), NameQueriesStep(config.match)],

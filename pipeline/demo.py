@@ -142,7 +142,7 @@ def shard_sizes(shards_folder: str) -> dict[str, int]:
 # ------------------------------------------------------------------------- train and eval
 
 
-def train_tiny(config: DemoConfig, shards: list[str], output: str) -> dict:
+def train_demo_model(config: DemoConfig, shards: list[str], output: str) -> dict:
     from model.train import TrainConfig, format_run, train
 
     sizes = shard_sizes(os.path.dirname(shards[0]))
@@ -286,7 +286,7 @@ def run_ablation(config: DemoConfig, web, corpus_stats: dict, beam_args: list[st
         print(f"\n== ablation arm: {arm}", flush=True)
         shards = sorted(glob.glob(os.path.join(shards_folder, "*.tar")))
         run_folder = os.path.join(output, f"run-{arm}")
-        train_tiny(config, shards, run_folder)
+        train_demo_model(config, shards, run_folder)
         arms[arm] = evaluate_run(config, run_folder, eval_set, None, linear_probe=False)
     classes = arms["balanced"]["zero_shot"]["classes"]
     head, tail = head_and_tail(classes, pool)
@@ -349,7 +349,7 @@ def run_demo(config: DemoConfig, beam_args: list[str]) -> int:
     shards = sorted(glob.glob(os.path.join(shards_folder, "*.tar")))
     if config.train and len(shards) >= 2:
         run_folder = os.path.join(config.output, RUN_FOLDER)
-        train_tiny(config, shards[:-1], run_folder)
+        train_demo_model(config, shards[:-1], run_folder)
         print(f"\nopenwit eval: zero-shot on {web.eval_dir} (rendered from seeds disjoint "
               f"from the corpus's), retrieval on the held-out shard {shards[-1]}", flush=True)
         results = evaluate_run(config, run_folder, str(web.eval_dir), shards[-1])

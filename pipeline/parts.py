@@ -15,11 +15,9 @@ import io
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline import storage
-from pipeline.records import stable_hash64
+from pipeline.records import in_global_window, stable_hash64
 
 ROWS_PER_PART = 20_000  # rows held per worker before a part is written: memory stays small
 ROWS_PER_GROUP = 10_000
@@ -52,7 +50,7 @@ class _WritePartsFn(beam.DoFn):
 
     def finish_bundle(self):
         if self._rows:
-            yield WindowedValue(self._flush(), 0, [GlobalWindow()])
+            yield in_global_window(self._flush())
 
     def _flush(self) -> str:
         rows, self._rows = self._rows, []
@@ -79,28 +77,22 @@ class WriteParquetParts(beam.PTransform):
 
 
 class _ReadPartFn(beam.DoFn):
-    def __init__(self, batch_rows: int, as_lists: bool):
+    def __init__(self, batch_rows: int):
         self._batch_rows = batch_rows
-        self._as_lists = as_lists
 
     def process(self, path):
         with storage.open_read(path) as f:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=self._batch_rows):
-                if self._as_lists:
-                    yield batch.to_pylist()
-                else:
-                    yield from batch.to_pylist()
+                yield batch.to_pylist()
 
 
 class ReadParquetParts(beam.PTransform):
-    """Paths of parquet parts -> their rows as dicts, or as lists of up to `batch_rows` dicts
-    with `as_lists` (pyarrow converts a batch at a time; Beam's ReadAllFromParquet builds each
-    dict in Python)."""
+    """Paths of parquet parts -> their rows as lists of up to `batch_rows` dicts (pyarrow
+    converts a batch at a time; Beam's ReadAllFromParquet builds each dict in Python)."""
 
-    def __init__(self, batch_rows: int = ROWS_PER_GROUP, as_lists: bool = False):
+    def __init__(self, batch_rows: int = ROWS_PER_GROUP):
         super().__init__()
         self._batch_rows = batch_rows
-        self._as_lists = as_lists
 
     def expand(self, paths):
         # The reshuffle starts a new stage that reads the parts: without it a runner fuses the
@@ -108,4 +100,4 @@ class ReadParquetParts(beam.PTransform):
         # computed from those files makes it hold every row in between.
         return (paths
                 | "Spread parts" >> beam.Reshuffle()
-                | "Read parts" >> beam.ParDo(_ReadPartFn(self._batch_rows, self._as_lists)))
+                | "Read parts" >> beam.ParDo(_ReadPartFn(self._batch_rows)))

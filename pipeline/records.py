@@ -111,6 +111,15 @@ FAILURE_SCHEMA = pa.schema(
 )
 
 
+def in_global_window(value):
+    """A value emitted from `finish_bundle`, which has no element to take a window from;
+    these pipelines are batch jobs in the global window."""
+    from apache_beam.transforms.window import GlobalWindow
+    from apache_beam.utils.windowed_value import WindowedValue
+
+    return WindowedValue(value, 0, [GlobalWindow()])
+
+
 def failure(candidate: dict, stage: str, reason: str, detail: str = "") -> dict:
     return {
         "key": candidate.get("key"),

@@ -16,6 +16,7 @@ candidates (`StageOnElements`), which is how the stages are tested alone.
 
 from __future__ import annotations
 
+import abc
 import typing
 
 import apache_beam as beam
@@ -25,7 +26,7 @@ from pipeline.records import KEPT, StageResult
 BATCH_SIZE = 2048
 
 
-class Step:
+class Step(abc.ABC):
     """One text stage's work on a batch. `run` returns (survivors, failure dicts).
 
     `stage` names the failures' tagged output (None: the step never drops a candidate);
@@ -38,8 +39,9 @@ class Step:
     def setup(self) -> None:
         """Per-worker resources (an automaton, a detector, metrics), built once."""
 
+    @abc.abstractmethod
     def run(self, candidates: list[dict], side) -> tuple[list[dict], list[dict]]:
-        raise NotImplementedError
+        """(survivors, failure dicts) of this batch; `side` is the named side input."""
 
 
 class RunStepsFn(beam.DoFn):

@@ -41,8 +41,10 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
     FileSystems.rename([temporary], [path])
 
 
-def write_json_atomic(path: str, value) -> None:
-    write_bytes_atomic(path, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+def write_json_atomic(path: str, value, sort_keys: bool = True) -> None:
+    """Sorted keys by default (stable diffs); `sort_keys=False` keeps insertion order."""
+    text = json.dumps(value, indent=1, sort_keys=sort_keys) + "\n"
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def glob(pattern: str) -> list[str]:

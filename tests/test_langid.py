@@ -14,8 +14,6 @@ import pytest
 
 langdetect = pytest.importorskip("langdetect")
 
-from langdetect.detector_factory import PROFILES_DIRECTORY, DetectorFactory  # noqa: E402
-from langdetect.lang_detect_exception import LangDetectException  # noqa: E402
 
 import pipeline.langid as langid  # noqa: E402
 from pipeline.langid import LanguageIdentifier  # noqa: E402
@@ -166,26 +164,9 @@ def _varied_texts(count: int, seed: int) -> list[str]:
     return texts
 
 
-def _reference(seed: int):
-    factory = DetectorFactory()
-    factory.load_profile(PROFILES_DIRECTORY)
-    factory.set_seed(seed)
-
-    def detect(text: str) -> tuple[str, float] | None:
-        detector = factory.create()
-        detector.append(text)
-        try:
-            best = detector.get_probabilities()[0]
-            return best.lang, float(best.prob)
-        except (LangDetectException, IndexError):
-            return None
-
-    return detect
-
-
 @pytest.fixture(scope="module")
 def reference():
-    return _reference(SEED)
+    return langid.langdetect_reference(SEED)
 
 
 @pytest.fixture(scope="module", params=ENGINES)
@@ -256,7 +237,7 @@ def test_long_text_is_truncated_like_langdetect(identifier, reference):
 
 def test_other_seed_agrees(engine):
     seed = 42
-    reference = _reference(seed)
+    reference = langid.langdetect_reference(seed)
     identifier = LanguageIdentifier(seed, cache_entries=0, engine=engine)
     texts = FIXED[:20] + _varied_texts(40, seed=3)
     for text, got in zip(texts, identifier.detect_many(texts)):

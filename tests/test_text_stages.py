@@ -139,17 +139,13 @@ def test_language_stage():
 
 
 def test_language_stage_in_small_batches_gives_langdetects_answers():
-    from langdetect.detector_factory import PROFILES_DIRECTORY, DetectorFactory
+    from pipeline.langid import langdetect_reference
 
-    factory = DetectorFactory()
-    factory.load_profile(PROFILES_DIRECTORY)
-    factory.set_seed(0)
+    reference = langdetect_reference(0)
 
     def langdetect_answer(text):
-        detector = factory.create()
-        detector.append(text)
-        best = detector.get_probabilities()[0]
-        return best.lang, round(best.prob, 4)
+        language, probability = reference(text)
+        return language, round(probability, 4)
 
     texts = [ENGLISH, FRENCH, GERMAN, "Four green squares", "logo design", "red circle",
              "un carré vert", "ein grünes Quadrat", "Photo of a dog", ENGLISH]
