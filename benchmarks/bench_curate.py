@@ -281,8 +281,8 @@ def timed_loop(function, texts, min_seconds: float = 1.0) -> float:
 def bench_matching(args, paths: dict[str, str]) -> dict:
     import pyarrow.parquet as pq
 
-    from pipeline.match import QueryMatcher, metaclip_reference_match
-    from queries.table import load_query_strings
+    from openwit.pipeline.text.match import QueryMatcher, metaclip_reference_match
+    from openwit.queries.table import load_query_strings
 
     captions = pq.read_table(paths["candidates"], columns=["caption"]).column("caption").to_pylist()
     captions = ["" if c is None else c for c in captions]

@@ -32,7 +32,7 @@ VENV_BIN = os.path.dirname(sys.executable)
 
 
 def serve_miniweb(samples: int, trickle: bool, folder: str, ready) -> None:
-    from pipeline.miniweb import MiniWeb, WorldConfig
+    from openwit.pipeline.apps.miniweb import MiniWeb, WorldConfig
 
     rates = {} if trickle else {"slow_headers_rate": 0.0, "trickle_rate": 0.0}
     config = WorldConfig(samples=samples, seed=0, eval_images_per_class=1, slow_seconds=30.0,

@@ -115,7 +115,7 @@ def main() -> None:
                         help="also time detect() one caption at a time (numba engine only)")
     args = parser.parse_args()
 
-    from pipeline.langid import LanguageIdentifier, langdetect_reference
+    from openwit.pipeline.text.langid import LanguageIdentifier, langdetect_reference
 
     if args.parquet:
         captions = read_captions(args.parquet, args.captions)

@@ -185,7 +185,7 @@ def reference_loader(urls, batch_size, workers, shuffle_buffer, seed):
 
 
 def openwit_loader(folder, batch_size, workers, shuffle_buffer, seed, decode, device=None):
-    from model.data import LoaderConfig, make_loader
+    from openwit.model.data import LoaderConfig, make_loader
 
     config = LoaderConfig(shards=folder, batch_size=batch_size, workers=workers,
                           image_size=IMAGE_SIZE, shuffle_buffer=shuffle_buffer, seed=seed,
@@ -219,7 +219,7 @@ def main(argv=None) -> int:
     import PIL
     import torch
 
-    from model.data import choose_decode
+    from openwit.model.data import choose_decode
 
     folder = args.shards_dir or os.path.join(tempfile.gettempdir(),
                                              f"openwit_bench_loader_{args.samples}")

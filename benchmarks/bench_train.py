@@ -31,11 +31,12 @@ sys.path.insert(0, HERE)
 
 import torch  # noqa: E402
 
-from model.config import model_config  # noqa: E402
-from model.data import LoaderConfig, list_shards, make_loader  # noqa: E402
-from model.loss import ClipLoss  # noqa: E402
-from model.model import build_model  # noqa: E402
-from model.train import autocast_for, parameter_groups, TrainConfig  # noqa: E402
+from openwit.model.config import model_config  # noqa: E402
+from openwit.model.data import LoaderConfig, list_shards, make_loader  # noqa: E402
+from openwit.model.loss import ClipLoss  # noqa: E402
+from openwit.model.model import build_model  # noqa: E402
+from openwit.model.options import TrainConfig  # noqa: E402
+from openwit.model.train import autocast_for, parameter_groups  # noqa: E402
 
 
 def hashed_tokens(context: int, vocab: int):
@@ -160,7 +161,7 @@ def main(argv=None) -> int:
         TrainConfig(shards="", output="", precision=args.precision), device)
     decodes = ["cpu"]
     if device.type == "cuda":
-        from model.data import choose_decode
+        from openwit.model.data import choose_decode
 
         if choose_decode("gpu")[0]:
             decodes.append("gpu")

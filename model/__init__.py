@@ -1,5 +1,8 @@
-"""CLIP for openwit: model sizes (`model.config`), the towers and `build_model` (`model.model`),
-the caption tokenizer (`model.tokenizer`) and the contrastive loss (`model.loss`).
+"""CLIP for openwit (`openwit.model`): model sizes (`config`), the towers and `build_model`
+(`model`), the caption tokenizer (`tokenizer`), the contrastive loss (`loss`), the WebDataset
+loader (`data`), `openwit train` (`train`), `openwit eval` (`evaluate`), and their configs and
+flags (`options`).
 
-Nothing is imported here so that `import model.config` stays cheap (no torch at import time).
+Nothing is imported here so that `import openwit.model.options` stays cheap (no torch at
+import time).
 """

@@ -53,8 +53,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.config import ModelConfig
-from model.data import (
+from openwit.model.config import ModelConfig
+from openwit.model.data import (
     CLIP_MEAN,
     CLIP_STD,
     LoaderConfig,
@@ -65,14 +65,15 @@ from model.data import (
     make_loader,
     normalise_uint8,
 )
-from model.model import CLIP, build_model
-from model.tokenizer import Tokenizer
-from model.train import CHECKPOINTS_FOLDER, LATEST_CHECKPOINT, load_checkpoint
-from pipeline.config import ConfigError
+from openwit.model.model import CLIP, build_model
+from openwit.model.tokenizer import Tokenizer
+from openwit.model.options import EvalConfig, resolve_checkpoint
+from openwit.model.train import load_checkpoint
+from openwit.pipeline.core import storage
+from openwit.pipeline.core.errors import ConfigError
 
 LOGGER = logging.getLogger("openwit")
 
-RESULTS_FILE = "eval.json"  # the CLI's default output, in the checkpoint's run folder
 
 # The paper's baseline prompt.
 SINGLE_TEMPLATES = ("a photo of a {}.",)
@@ -126,32 +127,6 @@ IMAGE_FILE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tif
 NOT_AN_IMAGE_FILE = "not_an_image_file"  # extension is not an image's
 UNREADABLE_FILE = "unreadable_file"  # open() or read() failed
 SKIPPED_FILES_LISTED = 20  # how many skipped files the results name, with their errors
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    checkpoint: str  # a checkpoint file, or a run folder (its checkpoints/latest.pt)
-    dataset: str | None = None  # image folder for zero-shot and linear probe
-    class_names: str | None = None  # optional names file (see load_class_names)
-    templates: str = "both"  # "single" | "ensemble" | "both" | path to a template file
-    retrieval_shards: str | None = None  # a shard spec as model.data.list_shards reads it
-    retrieval_samples: int = 1000  # the first N pairs, in shard order
-    linear_probe: bool = True
-    k_shots: tuple[int, ...] = (1, 2, 4, 8, 16)
-    batch_size: int = 64
-    seed: int = 0
-    device: str = "auto"  # auto: cuda if available, else cpu
-    output: str | None = None  # results JSON; None: not written
-    filesystem_flags: tuple[str, ...] = ()  # Beam flags for s3:// / gs:// shards
-
-    def __post_init__(self):
-        if not self.dataset and not self.retrieval_shards:
-            raise ConfigError("nothing to evaluate: give a dataset (--dataset) and/or "
-                              "retrieval shards (--retrieval-shards)")
-        if self.retrieval_samples < 1 or self.batch_size < 1:
-            raise ConfigError("--retrieval-samples and --batch-size must be at least 1")
-        if any(k < 1 for k in self.k_shots):
-            raise ConfigError(f"--k-shots must be positive, got {list(self.k_shots)}")
 
 
 # ----------------------------------------------------------------- templates and class names
@@ -232,22 +207,6 @@ def choose_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
-
-
-def resolve_checkpoint(path: str) -> str:
-    """A checkpoint file as given, or a run folder's checkpoints/latest.pt."""
-    if os.path.isdir(path):
-        return os.path.join(path, CHECKPOINTS_FOLDER, LATEST_CHECKPOINT)
-    return path
-
-
-def default_output_path(checkpoint_path: str) -> str:
-    """eval.json in the run folder: beside checkpoints/ for RUN/checkpoints/latest.pt, else
-    beside the checkpoint file."""
-    folder = os.path.dirname(resolve_checkpoint(checkpoint_path))
-    if os.path.basename(folder) == CHECKPOINTS_FOLDER:
-        folder = os.path.dirname(folder)
-    return os.path.join(folder, RESULTS_FILE)
 
 
 def model_from_checkpoint(checkpoint: Mapping, device: torch.device | str
@@ -623,7 +582,7 @@ def linear_probe(train: Features, val: Features, test: Features,
                            f"test; the split has {len(train)} / {len(val)} / {len(test)} images")
     # One BLAS thread: L-BFGS on probe-sized problems makes thousands of small matrix
     # products, and idle BLAS threads spin between them; on a busy 2-core machine the
-    # default threads made the probe ~25x slower. The limit reaches only libraries already
+    # default threads made the probe many times slower. The limit reaches only libraries already
     # loaded, and scipy brings its own OpenBLAS: import scikit-learn (hence scipy) first.
     import importlib
 
@@ -754,31 +713,11 @@ def evaluate(config: EvalConfig) -> dict:
     results["seconds"] = {name: round(value, 2) for name, value in seconds.items()}
     results["config"] = dataclasses.asdict(config)
     if config.output:
-        from pipeline import storage
-
         # Insertion order: readers should see k-shots as 1, 2, 4, 8, 16 and template sets in
         # the order they were asked for.
         storage.write_json_atomic(config.output, results, sort_keys=False)
         results["output"] = config.output
     return results
-
-
-def config_from_args(args, filesystem_flags: Sequence[str]) -> EvalConfig:
-    """`openwit eval`'s flags. Flags argparse did not know must be Beam's (filesystem flags
-    such as --s3_endpoint_url for s3:// / gs:// shards); anything else is a typo."""
-    if filesystem_flags:
-        from apache_beam.options.pipeline_options import PipelineOptions
-
-        from pipeline.config import reject_unknown_options
-
-        reject_unknown_options(PipelineOptions(list(filesystem_flags)))
-    return EvalConfig(
-        checkpoint=args.checkpoint, dataset=args.dataset, class_names=args.class_names,
-        templates=args.templates, retrieval_shards=args.retrieval_shards,
-        retrieval_samples=args.retrieval_samples, linear_probe=not args.no_linear_probe,
-        k_shots=tuple(args.k_shots), batch_size=args.batch_size, seed=args.seed,
-        device=args.device, output=args.output or default_output_path(args.checkpoint),
-        filesystem_flags=tuple(filesystem_flags))
 
 
 # ------------------------------------------------------------------------- the printed table

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from model.config import ModelConfig, TextConfig, VisionConfig, model_config
+from openwit.model.config import ModelConfig, TextConfig, VisionConfig, model_config
 
 MAX_LOGIT_SCALE = 100.0
 INITIAL_TEMPERATURE = 0.07

@@ -14,7 +14,7 @@ the model config, the training config and the tokenizer (as JSON), so `openwit e
 nothing else. It is written to a temporary name and renamed, so a crash mid-write leaves the
 previous checkpoint intact.
 
-Multi-GPU and multi-node: launch with `torchrun --nproc_per_node N -m pipeline.cli train ...`;
+Multi-GPU and multi-node: launch with `torchrun --nproc_per_node N -m openwit.pipeline.apps.cli train ...`;
 each rank reads its own share of the shards, ClipLoss gathers the features of all ranks.
 """
 
@@ -33,56 +33,18 @@ import time
 import numpy as np
 import torch
 
-from model.config import ModelConfig, model_config
-from model.data import LoaderConfig, list_shards, make_loader
-from model.loss import ClipLoss
-from model.model import build_model, count_parameters
-from model.tokenizer import Tokenizer
+from openwit.model.config import ModelConfig, model_config
+from openwit.model.data import LoaderConfig, list_shards, make_loader, tar_members
+from openwit.model.loss import ClipLoss
+from openwit.model.model import build_model, count_parameters
+from openwit.model.options import TrainConfig
+from openwit.model.tokenizer import Tokenizer
+from openwit.pipeline.core import storage
+from openwit.pipeline.core.errors import ConfigError
+from openwit.pipeline.core.layout import CHECKPOINTS_FOLDER, LATEST_CHECKPOINT, METRICS_FILE, TOKENIZER_FILE
 
 LOGGER = logging.getLogger("openwit")
-CHECKPOINTS_FOLDER = "checkpoints"
-LATEST_CHECKPOINT = "latest.pt"
-METRICS_FILE = "metrics.jsonl"
-TOKENIZER_FILE = "tokenizer.json"
 CHECKPOINT_FORMAT = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    shards: str  # a shard spec as model.data.list_shards reads it (folder, braces, s3://...)
-    output: str
-    model: str = "tiny"
-    batch_size: int = 64  # per rank
-    epochs: int = 1
-    epoch_samples: int | None = None  # default: the shards' total from sizes.json
-    lr: float = 5e-4
-    weight_decay: float = 0.2
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1e-6
-    warmup_steps: int = 100
-    grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
-    compile: bool = False
-    grad_checkpointing: bool = False
-    workers: int = 2
-    decode: str = "auto"  # auto | cpu | gpu (see model.data)
-    checkpoint_every: int = 100  # steps; the last step always writes one
-    log_every: int = 10
-    seed: int = 0
-    tokenizer: str | None = None  # a tokenizer JSON; default: train one on the shards' captions
-    vocab_size: int | None = None  # for a trained tokenizer; default: the model config's
-    tokenizer_captions: int = 200_000  # captions read to train the tokenizer
-    filesystem_flags: tuple[str, ...] = ()  # Beam flags for s3:// / gs:// shards
-    resume: bool = False
-    stop_after_steps: int | None = None  # end this run early (a planned interruption)
-    progress: bool = True
-
-    def __post_init__(self):
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, not {self.precision!r}")
-        if self.batch_size < 1 or self.epochs < 1:
-            raise ValueError("batch_size and epochs must be at least 1")
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -130,9 +92,6 @@ def autocast_for(config: TrainConfig, device: torch.device):
 
 def captions_of(shard_urls, limit: int):
     """The first `limit` captions (the .txt members) of the shards, in shard order."""
-    from model.data import tar_members
-    from pipeline import storage
-
     read = 0
     for url in shard_urls:
         with storage.open_read(url) as stream:
@@ -147,8 +106,6 @@ def captions_of(shard_urls, limit: int):
 def load_or_train_tokenizer(config: TrainConfig, model_cfg: ModelConfig, shard_urls,
                             context_length: int) -> Tokenizer:
     if config.tokenizer:
-        from pipeline import storage
-
         return Tokenizer.from_str(storage.read_bytes(config.tokenizer).decode("utf-8"),
                                   context_length=context_length)
     vocab_size = config.vocab_size or model_cfg.text.vocab_size
@@ -212,8 +169,6 @@ def save_checkpoint(path: str, checkpoint: dict) -> None:
 def load_checkpoint(path: str) -> dict:
     """A checkpoint as saved (on the CPU). It holds the optimizer and random states, which
     are not plain tensors, so it must come from a source you trust."""
-    from pipeline import storage
-
     return torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu",
                       weights_only=False)
 
@@ -273,9 +228,6 @@ def train(config: TrainConfig) -> dict:
     random.seed(config.seed + dist.rank)
     np.random.seed(config.seed + dist.rank)
 
-    if "://" in config.output:
-        raise ValueError("--output must be a local folder (metrics are appended to a file); "
-                         "shards may be remote")
     resume_from = None
     if config.resume and os.path.exists(checkpoint_path(config.output)):
         resume_from = load_checkpoint(checkpoint_path(config.output))
@@ -285,7 +237,7 @@ def train(config: TrainConfig) -> dict:
     shards = list_shards(config.shards, config.filesystem_flags)
     epoch_samples = config.epoch_samples or shards.total_samples
     if not epoch_samples:
-        raise ValueError("the shards have no sizes.json: pass --epoch-samples")
+        raise ConfigError("the shards have no sizes.json: pass --epoch-samples")
     if resume_from:
         tokenizer = Tokenizer.from_str(resume_from["tokenizer"],
                                        context_length=model_cfg.text.context_length)
@@ -293,7 +245,7 @@ def train(config: TrainConfig) -> dict:
         tokenizer = load_or_train_tokenizer(config, model_cfg, shards.urls,
                                             model_cfg.text.context_length)
     if tokenizer.vocab_size > model_cfg.text.vocab_size:
-        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's "
+        raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's "
                          f"text tower takes {model_cfg.text.vocab_size}")
 
     model = build_model(model_cfg).to(device)
@@ -303,7 +255,7 @@ def train(config: TrainConfig) -> dict:
                                   betas=(config.beta1, config.beta2), eps=config.eps)
     batches_per_epoch = epoch_samples // dist.world_size // config.batch_size
     if batches_per_epoch < 1:
-        raise ValueError(f"{epoch_samples} samples per epoch make no batch of "
+        raise ConfigError(f"{epoch_samples} samples per epoch make no batch of "
                          f"{config.batch_size} on {dist.world_size} rank(s)")
     total_steps = batches_per_epoch * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -432,21 +384,6 @@ def train(config: TrainConfig) -> dict:
             "losses": losses, "seconds": round(time.perf_counter() - run_start, 1),
             "data": description, "precision": precision, "device": str(device),
             "skipped": skipped, "checkpoint": checkpoint_file}
-
-
-def config_from_args(args, filesystem_flags: list[str]) -> TrainConfig:
-    """`openwit train`'s flags; anything argparse did not know is taken as Beam filesystem
-    flags for remote shards (--s3_endpoint_url ..., as `openwit build` takes them)."""
-    return TrainConfig(
-        shards=args.shards, output=args.output, model=args.model, batch_size=args.batch_size,
-        epochs=args.epochs, epoch_samples=args.epoch_samples, lr=args.lr,
-        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
-        grad_clip=args.grad_clip, precision=args.precision, compile=args.compile,
-        grad_checkpointing=args.grad_checkpointing, workers=args.workers, decode=args.decode,
-        checkpoint_every=args.checkpoint_every, log_every=args.log_every, seed=args.seed,
-        tokenizer=args.tokenizer, vocab_size=args.vocab_size,
-        filesystem_flags=tuple(filesystem_flags), resume=args.resume,
-        stop_after_steps=args.stop_after_steps, progress=not args.no_progress)
 
 
 def format_run(run: dict) -> str:

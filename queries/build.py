@@ -29,15 +29,15 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pvalue import AsList
 
-from pipeline import storage
-from pipeline.build import with_local_runner
-from pipeline.config import ConfigError
-from queries.config import QueriesConfig
-from queries.pageviews import ReadPageviews, TitlesFromPageviews
-from queries.rows import (
+from openwit.pipeline.core import storage
+from openwit.pipeline.core import layout
+from openwit.pipeline.core.beam import with_local_runner
+from openwit.pipeline.core.errors import ConfigError
+from openwit.queries.config import QueriesConfig
+from openwit.queries.pageviews import ReadPageviews, TitlesFromPageviews
+from openwit.queries.rows import (
     MERGED_COLUMNS,
     STATS,
-    TABLE_SCHEMA,
     Dropped,
     Source,
     has_word_character,
@@ -45,13 +45,13 @@ from queries.rows import (
     merge_rows,
     stat,
 )
-from queries.wikipedia import WikipediaQueries
-from queries.wordlists import ReadQueryLists, UserQueries, WordfreqQueries
-from queries.wordnet import WordNetQueries
+from openwit.queries.wikipedia import WikipediaQueries
+from openwit.queries.wordlists import ReadQueryLists, UserQueries, WordfreqQueries
+from openwit.queries.wordnet import DATA_FILES, WordNetQueries
 
 LOGGER = logging.getLogger("openwit")
-TABLE_FILE = "queries.parquet"
-STATS_FILE = "stats.json"
+TABLE_FILE = layout.QUERY_TABLE_FILE
+STATS_FILE = layout.QUERY_TABLE_STATS_FILE
 
 
 def _merge_group(key_and_groups):
@@ -100,7 +100,7 @@ def source_counts(sources_column) -> dict:
 
 
 def table_bytes(columns: dict) -> bytes:
-    table = pa.Table.from_pydict(columns, schema=TABLE_SCHEMA)
+    table = pa.Table.from_pydict(columns, schema=layout.QUERY_TABLE_SCHEMA)
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
     return buffer.getvalue()
@@ -194,8 +194,6 @@ def check_inputs(config: QueriesConfig) -> None:
         if not storage.glob(pattern):
             raise ConfigError(f"{pattern!r} matches no file")
     if config.wordnet.folder:
-        from queries.wordnet import DATA_FILES
-
         missing = [name for name in DATA_FILES
                    if not FileSystems.exists(storage.join(config.wordnet.folder, name))]
         if missing:
@@ -204,6 +202,7 @@ def check_inputs(config: QueriesConfig) -> None:
 
 
 def build_queries(config: QueriesConfig, options: PipelineOptions) -> dict:
+    """Runs `openwit queries` to completion and returns its stats."""
     FileSystems.set_options(options)
     config.validate()
     check_inputs(config)
@@ -244,9 +243,3 @@ def format_stats(stats: dict, output: str) -> str:
     if failed:
         lines.append("unreadable input: " + ", ".join(f"{k} {v:,}" for k, v in sorted(failed.items())))
     return "\n".join(lines)
-
-
-def run(argv: list[str] | None = None) -> dict:
-    """`openwit queries`'s entry: openwit's and Beam's flags together, as on the command line."""
-    options = PipelineOptions(argv)
-    return build_queries(QueriesConfig.from_options(options), options)

@@ -1,4 +1,5 @@
-"""`openwit queries` settings: one frozen dataclass per source, filled from the command line.
+"""`openwit queries` settings: one frozen dataclass per source, its flags, and the conversion
+from parsed flags to `QueriesConfig`.
 
 Every threshold defaults to the value the CLIP paper / MetaCLIP used (see the README's query
 table section for where each comes from).
@@ -9,12 +10,12 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from apache_beam.options.pipeline_options import PipelineOptions
-
-from pipeline.config import ConfigError, flag_group, parse_flag, reject_unknown_options
+from openwit.pipeline.core.errors import ConfigError
+from openwit.pipeline.core.flags import add_flag, add_output_flag, parse_flag
+from openwit.pipeline.core.layout import DEFAULT_QUERY_TABLE_FOLDER
 
 DEFAULT_WORDNET_FOLDER = "/usr/share/wordnet"  # Debian's wordnet-base (WordNet 3.0)
-DEFAULT_OUTPUT = "openwit-queries"
+DEFAULT_OUTPUT = DEFAULT_QUERY_TABLE_FOLDER
 # wordfreq's Zipf value is log10(occurrences per billion words). English Wikipedia holds about
 # 4 billion words, so "at least 100 occurrences" is 100 / 4 = 25 per billion: Zipf 1.4.
 WIKIPEDIA_WORDS = 4.0e9
@@ -70,9 +71,8 @@ class QueriesConfig:
     table: TableConfig
 
     @classmethod
-    def from_options(cls, options: PipelineOptions) -> "QueriesConfig":
-        reject_unknown_options(options)
-        o = options.view_as(QueriesOptions)
+    def from_flags(cls, o) -> "QueriesConfig":
+        """The parsed flags of `add_queries_flags` -> QueriesConfig (validated)."""
         dumps = tuple(o.wikipedia_dump or ())
         if o.wordfreq not in ("auto", "on", "off"):
             raise ConfigError("--wordfreq must be auto, on or off")
@@ -86,7 +86,7 @@ class QueriesConfig:
                               else None)
         elif wordnet_folder.lower() == "none":
             wordnet_folder = None
-        return cls(
+        config = cls(
             wikipedia=WikipediaConfig(
                 dumps=dumps,
                 min_unigram_count=o.min_unigram_count,
@@ -115,6 +115,8 @@ class QueriesConfig:
                 case_sensitive=o.case_sensitive,
             ),
         )
+        config.validate()
+        return config
 
     def validate(self) -> None:
         w, t = self.wikipedia, self.titles
@@ -131,11 +133,11 @@ class QueriesConfig:
                               "--wordfreq on or --extra-queries")
 
 
-def add_queries_arguments(parser) -> None:
-    """The flags of `openwit queries`; shared by its --help and by `QueriesOptions` parsing."""
+def add_queries_flags(parser) -> None:
+    """The flags of `openwit queries`."""
     w, t, f = WikipediaConfig(), TitleConfig(), WordfreqConfig()
-    g = flag_group(parser, "sources")
-    g.add_argument("--wikipedia-dump", "--wikipedia_dump", action="append", default=None,
+    g = parser.add_argument_group("sources")
+    add_flag(g, "--wikipedia-dump", action="append", default=None,
                    metavar="PATH",
                    help="MediaWiki pages-articles XML dump (plain, .bz2 or .gz; a file or glob, "
                         "local or s3:// / gs://); repeat for multi-part dumps. Gives unigrams, "
@@ -146,50 +148,43 @@ def add_queries_arguments(parser) -> None:
     g.add_argument("--wordnet", default=None, metavar="FOLDER",
                    help=f"WordNet database folder (default {DEFAULT_WORDNET_FOLDER} when "
                         "installed; 'none' to leave WordNet out)")
-    g.add_argument("--wordnet-lemmas", "--wordnet_lemmas", default="all",
+    add_flag(g, "--wordnet-lemmas", default="all",
                    help="all: every lemma of every synset (default); head: the synset's first "
                         "lemma, as MetaCLIP took it")
     g.add_argument("--wordfreq", default="auto",
                    help="unigrams from the wordfreq package's word list: auto (default: when no "
                         "dump is given), on, off")
-    g.add_argument("--extra-queries", "--extra_queries", action="append", default=None,
+    add_flag(g, "--extra-queries", action="append", default=None,
                    metavar="PATH", help="queries to add: text (one per line) or parquet with a "
                                         "`query` column; repeat for several")
-    g.add_argument("--stop-list", "--stop_list", action="append", default=None, metavar="PATH",
+    add_flag(g, "--stop-list", action="append", default=None, metavar="PATH",
                    help="queries to leave out, same formats; wins over every source")
 
-    g = flag_group(parser, "thresholds (defaults: the paper's / MetaCLIP's values)")
-    g.add_argument("--min-unigram-count", "--min_unigram_count", type=int,
+    g = parser.add_argument_group("thresholds (defaults: the paper's / MetaCLIP's values)")
+    add_flag(g, "--min-unigram-count", type=int,
                    default=w.min_unigram_count)
-    g.add_argument("--min-bigram-count", "--min_bigram_count", type=int,
+    add_flag(g, "--min-bigram-count", type=int,
                    default=w.min_bigram_count, help="bigrams scored for PMI")
-    g.add_argument("--min-bigram-pmi", "--min_bigram_pmi", type=float, default=w.min_bigram_pmi,
+    add_flag(g, "--min-bigram-pmi", type=float, default=w.min_bigram_pmi,
                    help="log2 PMI; a corpus of N words cannot exceed log2(N), so a small dump "
                         "needs a lower value")
-    g.add_argument("--min-title-views", "--min_title_views", type=int, default=t.min_views)
-    g.add_argument("--min-pageview-line-views", "--min_pageview_line_views", type=int,
+    add_flag(g, "--min-title-views", type=int, default=t.min_views)
+    add_flag(g, "--min-pageview-line-views", type=int,
                    default=t.min_line_views,
                    help="pageview lines (an hour, or a day in daily files) below this are ignored")
-    g.add_argument("--wiki-project", "--wiki_project", default=t.project,
+    add_flag(g, "--wiki-project", default=t.project,
                    help="language code of the wiki whose page views count (default en)")
-    g.add_argument("--keep-title-disambiguation", "--keep_title_disambiguation",
+    add_flag(g, "--keep-title-disambiguation",
                    type=parse_flag, default=False,
                    help="keep \"(planet)\" in \"Mercury (planet)\" (default false)")
-    g.add_argument("--wordfreq-min-zipf", "--wordfreq_min_zipf", type=float, default=f.min_zipf,
+    add_flag(g, "--wordfreq-min-zipf", type=float, default=f.min_zipf,
                    help="1.4 ~ 100 occurrences in English Wikipedia's ~4 billion words")
-    g.add_argument("--wordfreq-language", "--wordfreq_language", default=f.language)
-    g.add_argument("--case-sensitive", "--case_sensitive", type=parse_flag, default=False,
+    add_flag(g, "--wordfreq-language", default=f.language)
+    add_flag(g, "--case-sensitive", type=parse_flag, default=False,
                    help="count and deduplicate case-sensitively (default false)")
 
-    g = flag_group(parser, "output")
-    g.add_argument("--output", default=None,
-                   help=f"output folder (default {DEFAULT_OUTPUT}; local, s3:// or gs://)")
-    g.add_argument("--count-cache-keys", "--count_cache_keys", type=int,
+    g = parser.add_argument_group("output")
+    add_output_flag(g, help=f"output folder (default {DEFAULT_OUTPUT}; local, s3:// or gs://)")
+    add_flag(g, "--count-cache-keys", type=int,
                    default=w.max_cached_keys,
                    help="n-grams a worker sums locally before handing them to Beam's combine")
-
-
-class QueriesOptions(PipelineOptions):
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        add_queries_arguments(parser)

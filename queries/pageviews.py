@@ -19,9 +19,9 @@ import apache_beam as beam
 from apache_beam import coders
 from apache_beam.pvalue import TaggedOutput
 
-from queries.config import TitleConfig
-from queries.rows import STATS, Source, query_row, stat
-from queries.wikipedia import title_query
+from openwit.queries.config import TitleConfig
+from openwit.queries.rows import STATS, Source, query_row, stat
+from openwit.queries.wikipedia import title_query
 
 # Titles of these namespaces are not articles ("Category:Cats", "File:Cat.jpg"). Only needed
 # when titles come from page views alone; a dump says each page's namespace.

@@ -13,7 +13,6 @@ from __future__ import annotations
 import typing
 import unicodedata
 
-import pyarrow as pa
 
 STATS = "stats"  # tag of the (name, count) pairs summed into stats.json
 
@@ -33,15 +32,6 @@ class Dropped:
     NO_WORD_CHARACTER = "no_word_character"  # "!", "--", emoji: MetaCLIP dropped punctuation
 
 
-TABLE_SCHEMA = pa.schema([
-    ("id", pa.int64()),
-    ("query", pa.string()),
-    ("sources", pa.list_(pa.string())),
-    ("count", pa.int64()),
-    ("pmi", pa.float64()),
-    ("views", pa.int64()),
-    ("zipf", pa.float64()),
-])
 STATISTICS = ("count", "pmi", "views", "zipf")
 MERGED_COLUMNS = ("query", "sources", *STATISTICS)  # the table's columns after `id`
 

@@ -14,7 +14,7 @@ import unicodedata
 
 import pyarrow.parquet as pq
 
-from pipeline import storage
+from openwit.pipeline.core import storage
 
 QUERY_COLUMN = "query"
 

@@ -35,9 +35,9 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from queries.config import TitleConfig, WikipediaConfig
-from queries.rows import STATS, Source, query_row, stat
-from queries.wikitext import strip_markup, token_runs, tokens
+from openwit.queries.config import TitleConfig, WikipediaConfig
+from openwit.queries.rows import STATS, Source, query_row, stat
+from openwit.queries.wikitext import strip_markup, token_runs, tokens
 
 ARTICLE_NAMESPACE = 0
 UNIGRAMS, TOKENS, ARTICLES = "unigrams", "tokens", "articles"

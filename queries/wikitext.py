@@ -1,8 +1,8 @@
 """Wikitext -> plain prose, and prose -> word n-grams. Pure functions, no Beam.
 
 The stripper is a sequence of regular-expression passes in the manner of WikiExtractor rather
-than a full parser: mwparserfromhell measured ~1 MB/s here, and word counts only need the
-prose. What goes: comments, <ref>s and non-prose tags (math, gallery, code, ...), templates and
+than a full parser: mwparserfromhell is far too slow for a whole dump, and word counts only
+need the prose. What goes: comments, <ref>s and non-prose tags (math, gallery, code, ...), templates and
 tables (innermost first, so nesting unwinds), file/image/category and interlanguage links,
 external-link URLs, bold/italic quotes, list and heading markup. What stays: link labels
 (`[[capital city|capital]]` -> "capital"), external-link labels, headings' words, HTML entities

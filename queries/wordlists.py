@@ -7,9 +7,9 @@ import math
 
 import apache_beam as beam
 
-from queries.config import WordfreqConfig
-from queries.rows import Source, query_row, stat
-from queries.table import load_query_strings
+from openwit.queries.config import WordfreqConfig
+from openwit.queries.rows import Source, query_row, stat
+from openwit.queries.table import load_query_strings
 
 
 def zipf(frequency: float) -> float:
@@ -19,7 +19,7 @@ def zipf(frequency: float) -> float:
 
 def wordfreq_words(config: WordfreqConfig):
     """(word, zipf) for every word of wordfreq's large list at or above the threshold."""
-    import wordfreq  # a 30 MB word list: loaded on the worker that needs it
+    import wordfreq  # a large word list: loaded on the worker that needs it
 
     for word, frequency in wordfreq.get_frequency_dict(config.language, "large").items():
         value = zipf(frequency)

@@ -14,9 +14,9 @@ import re
 import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
 
-from pipeline import storage
-from queries.config import WordNetConfig
-from queries.rows import STATS, Source, query_row, stat
+from openwit.pipeline.core import storage
+from openwit.queries.config import WordNetConfig
+from openwit.queries.rows import STATS, Source, query_row, stat
 
 DATA_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
 _ADJECTIVE_MARKER = re.compile(r"\((?:a|p|ip)\)$")

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from pipeline.cli import main
-from pipeline.miniweb import MiniWeb, WorldConfig
-from pipeline.records import Reason, Stage, sample_key
+from openwit.pipeline.apps.cli import main
+from openwit.pipeline.apps.miniweb import MiniWeb, WorldConfig
+from openwit.pipeline.core.records import Reason, Stage, sample_key
 
 pytestmark = pytest.mark.slow
 
@@ -220,7 +220,7 @@ def test_resume_rewrites_only_incomplete_shards(web, corpus, tmp_path):
 def test_demo_quick_from_the_command_line(tmp_path):
     # The whole path at its smallest: build, train, eval, report.
     completed = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "demo", "--quick", "--samples", "300",
+        [sys.executable, "-m", "openwit.pipeline.apps.cli", "demo", "--quick", "--samples", "300",
          "--train-samples", "960", "--port", "0", "--output", str(tmp_path)],
         capture_output=True, text=True, timeout=600,
     )

@@ -2,8 +2,8 @@
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.summary import format_summary
+from openwit.pipeline.apps.cli import main
+from openwit.pipeline.shards.summary import format_summary
 
 
 @pytest.mark.parametrize("argv, message", [

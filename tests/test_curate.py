@@ -10,15 +10,16 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from helpers import beam_test_pipeline
-from pipeline.balance import BalanceQueries, CountQueryMatches, balance_draw, keep_probability
-from pipeline.cap import FinalCap, cap_priority
-from pipeline.cli import main
-from pipeline.config import BalanceConfig, CapConfig
-from pipeline.dedup import DropDuplicateUrls, FindDuplicateUrls
-from pipeline.match import QueryMatcher, metaclip_reference_match, metaclip_spacing
-from pipeline.normalise import normalise_caption
-from pipeline.records import Reason, Stage, sample_key, stable_hash64
+from helpers import StepOnElements, beam_test_pipeline, find_duplicate_urls
+from openwit.pipeline.text.balance import BalanceStep, CountQueryMatches, balance_draw, keep_probability
+from openwit.pipeline.images.cap import ExactCap, cap_priority
+from openwit.pipeline.apps.cli import main
+from openwit.pipeline.images.config import CapConfig
+from openwit.pipeline.text.config import BalanceConfig
+from openwit.pipeline.text.url_dedup import DropDuplicateUrlsStep, FindDuplicateUrls
+from openwit.pipeline.text.match import QueryMatcher, metaclip_reference_match, metaclip_spacing
+from openwit.pipeline.text.normalise import normalise_caption
+from openwit.pipeline.core.records import Reason, Stage, failure, sample_key, stable_hash64
 
 
 def candidate(url, caption, query_ids=(), row=None):
@@ -112,7 +113,7 @@ def test_word_mode_reports_ids_of_every_query_sharing_a_needle():
 
 
 def test_metaclip_json_table_keeps_entries_exactly(tmp_path):
-    from queries.table import load_query_strings
+    from openwit.queries.table import load_query_strings
 
     path = tmp_path / "metadata.json"
     path.write_text(json.dumps(["dog", " dog", "dog", "Café"]))
@@ -158,9 +159,9 @@ def test_count_query_matches_equals_a_direct_count():
 
 
 def test_count_in_parts_skips_url_losers_and_equals_a_direct_count(tmp_path):
-    from pipeline.balance import CountQueryMatchesInParts
-    from pipeline.curate import MATCHED_SCHEMA
-    from pipeline.parts import WriteParquetParts
+    from openwit.pipeline.text.balance import CountQueryMatchesInParts
+    from openwit.pipeline.core.layout import MATCHED_SCHEMA
+    from openwit.pipeline.text.parts import WriteParquetParts
 
     rng = random.Random(3)
     rows = [candidate(f"http://a.test/{i}", f"c{i}", sorted(rng.sample(range(40), 3)), row=i)
@@ -199,7 +200,8 @@ def test_balance_keeps_what_the_formula_and_the_seeded_draw_say():
 
     with beam_test_pipeline() as p:
         candidates = p | beam.Create(pool)
-        result = candidates | BalanceQueries(config, candidates | CountQueryMatches())
+        result = candidates | StepOnElements(BalanceStep(config), {
+            "counts": beam.pvalue.AsSingleton(candidates | CountQueryMatches())})
         assert_that(result.kept | beam.Map(lambda c: c["key"]), equal_to(expected_keys()),
                     label="kept")
         assert_that(result.failed | beam.Map(lambda f: (f["stage"], f["reason"]))
@@ -233,11 +235,12 @@ def test_find_and_drop_duplicate_urls():
     winner = min(same, key=lambda c: c["key"])
     with beam_test_pipeline() as p:
         candidates = p | beam.Create([*same, other, again])
-        duplicates = candidates | FindDuplicateUrls()
+        duplicates = find_duplicate_urls(candidates)
         assert_that(duplicates, equal_to(
             [(c["row"], winner["key"]) for c in same if c is not winner]
             + [(5, other["key"])]), label="duplicates")
-        result = candidates | DropDuplicateUrls(duplicates)
+        result = candidates | StepOnElements(DropDuplicateUrlsStep(),
+                                             {"losers": beam.pvalue.AsDict(duplicates)})
         assert_that(result.failed | beam.Map(lambda f: (f["reason"], f["detail"])),
                     equal_to([(Reason.DUPLICATE_URL, f"same URL as {winner['key']}")] * 4
                              + [(Reason.DUPLICATE_URL, f"same URL as {other['key']}")]),
@@ -259,25 +262,26 @@ def test_find_duplicate_urls_over_many_buckets():
         expected += [(c["row"], winner["key"]) for c in members if c is not winner]
     batches = [pool[start:start + 700] for start in range(0, len(pool), 700)]
     with beam_test_pipeline() as p:
-        assert_that(p | beam.Create(pool) | FindDuplicateUrls(), equal_to(expected))
+        assert_that(find_duplicate_urls(p | beam.Create(pool)), equal_to(expected))
         assert_that(p | "Batches" >> beam.Create(batches)
-                    | "Batched" >> FindDuplicateUrls(batched=True),
+                    | "Batched" >> FindDuplicateUrls(),
                     equal_to(expected), label="batched")
 
 
 # --- the exact cap after download ------------------------------------------------------------
 
-def test_final_cap_counts_completed_shards_but_drops_only_new_samples():
+def test_exact_cap_counts_completed_shards_but_drops_only_new_samples():
     samples = [{"key": f"{i:04d}", "shard": i % 3, "queries": ["red"], "new": i >= 30}
                for i in range(100)]
     samples.append({"key": "rare", "shard": 0, "queries": ["red", "hexagon"], "new": True})
     counts = collections.Counter(q for s in samples for q in s["queries"])
     ranked = sorted(samples, key=lambda s: cap_priority(0, s, counts))
-    expected = [(s["shard"], (s["key"], Stage.CAP, Reason.OVER_QUERY_CAP,
-                              "query 'red' is over its cap")) for s in ranked[40:] if s["new"]]
+    expected = [(s["shard"], failure({"key": s["key"]}, Stage.CAP, Reason.OVER_QUERY_CAP,
+                                     "query 'red' is over its cap"))
+                for s in ranked[40:] if s["new"]]
     assert ranked[0]["key"] == "rare" and 0 < len(expected) < 61
     with beam_test_pipeline() as p:
-        drops = p | beam.Create(samples) | FinalCap(CapConfig(per_query_cap=40, seed=0))
+        drops = p | beam.Create(samples) | ExactCap(CapConfig(per_query_cap=40, seed=0))
         assert_that(drops, equal_to(expected))
 
 

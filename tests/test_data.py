@@ -15,8 +15,8 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from model import data
-from model.data import LoaderConfig, augment_batch, list_shards, make_loader
+from openwit.model import data
+from openwit.model.data import LoaderConfig, augment_batch, list_shards, make_loader
 
 CONTEXT = 77
 IMAGE_SIZE = 32
@@ -183,7 +183,7 @@ def test_shard_specs_braces_folders_globs_and_sizes(shard_folder, tmp_path, capl
     bare = tmp_path / "bare"
     bare.mkdir()
     write_shard(bare / "000000.tar", good_samples(0, 3))
-    with caplog.at_level(logging.WARNING, logger="model.data"):
+    with caplog.at_level(logging.WARNING, logger="openwit.model.data"):
         unknown = list_shards(str(bare))
     assert unknown.sizes == (None,) and unknown.total_samples is None
     assert "no sizes.json" in caplog.text
@@ -338,7 +338,7 @@ def test_auto_picks_cpu_here_and_says_so(shard_folder, caplog):
     assert data.choose_decode("auto")[0] is False
     loader = make_loader(config(shard_folder, decode="auto"), hash_tokenizer)
     assert loader.description.startswith("data: CPU decode in 0 workers")
-    with caplog.at_level(logging.WARNING, logger="model.data"):
+    with caplog.at_level(logging.WARNING, logger="openwit.model.data"):
         assert data.choose_decode("gpu")[0] is False
     assert "GPU decode requested" in caplog.text
 

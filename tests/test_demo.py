@@ -7,7 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from pipeline.demo import (
+from openwit.pipeline.core.layout import SAMPLE_FIELDS
+from openwit.pipeline.shards.writer import encode_tar
+from openwit.pipeline.apps.demo import (
     arm_summary,
     draw_unbalanced,
     format_ablation,
@@ -17,15 +19,20 @@ from pipeline.demo import (
 )
 
 
+def pool_sample(key):
+    """A sample as the shard writer takes it: every metadata field, and the JPEG bytes."""
+    metadata = {field: None for field in SAMPLE_FIELDS}
+    metadata.update(key=key, url=f"http://a.test/{key}.jpg", caption=f"caption {key}",
+                    queries=["circle"], language="en", language_prob=0.99, sha256=key * 4)
+    return {**metadata, "jpg": key.encode() * 3}
+
+
 def write_pool(folder, keys_per_shard):
     folder.mkdir(parents=True)
     sizes = {}
     for index, keys in enumerate(keys_per_shard):
         name = f"{index:06d}"
-        with wds.TarWriter(str(folder / f"{name}.tar")) as writer:
-            for key in keys:
-                writer.write({"__key__": key, "jpg": key.encode() * 3, "txt": f"caption {key}",
-                              "json": json.dumps({"key": key}).encode()})
+        (folder / f"{name}.tar").write_bytes(encode_tar([pool_sample(key) for key in keys]))
         pq.write_table(pa.table({"key": keys}), folder / f"{name}.parquet")
         sizes[f"{name}.tar"] = len(keys)
     (folder / "sizes.json").write_text(json.dumps(sizes))
@@ -46,9 +53,14 @@ def test_unbalanced_subset_is_a_seeded_uniform_draw_copied_whole(tmp_path):
     copied = list(wds.WebDataset(sorted(str(p) for p in out.glob("*.tar")), shardshuffle=False))
     assert {s["__key__"] for s in copied} == drawn
     for sample in copied:  # every file of a sample comes along, unchanged
-        assert sample["jpg"] == sample["__key__"].encode() * 3
-        assert sample["txt"] == f"caption {sample['__key__']}".encode()
-        assert json.loads(sample["json"]) == {"key": sample["__key__"]}
+        expected = pool_sample(sample["__key__"])
+        assert sample["jpg"] == expected["jpg"]
+        assert sample["txt"] == expected["caption"].encode()
+        assert json.loads(sample["json"]) == {k: v for k, v in expected.items() if k != "jpg"}
+    # Written by the pipeline's own shard writer: the same bytes as writing those samples.
+    in_order = sorted(drawn, key=lambda key: keys.index(key))
+    assert (out / "000000.tar").read_bytes() == encode_tar(
+        [pool_sample(key) for key in in_order[:5]])
 
 
 def test_head_and_tail_split_classes_by_pool_matches(tmp_path):
@@ -74,7 +86,7 @@ def test_arm_summary_averages_per_class_accuracy_over_head_and_tail():
 
 @pytest.mark.slow
 def test_demo_ablation_runs_both_arms(tmp_path):
-    from pipeline.cli import main
+    from openwit.pipeline.apps.cli import main
 
     assert main(["demo", "--samples", "300", "--train-samples", "320", "--no-train",
                  "--ablation", "balance", "--port", "0", "--output", str(tmp_path)]) == 0

@@ -9,9 +9,9 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from helpers import Route, beam_test_pipeline, bomb_png, jpeg_bytes, png_bytes
-from pipeline.config import DownloadConfig
-from pipeline.download import DownloadImages, ImageProcessor, is_complete, load_img2dataset
-from pipeline.records import Reason, Stage, sample_key
+from openwit.pipeline.images.config import DownloadConfig
+from openwit.pipeline.images.download import DownloadImages, ImageProcessor, is_complete, load_img2dataset
+from openwit.pipeline.core.records import Reason, Stage, sample_key
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +87,11 @@ def test_download_stage_keeps_shards_and_reports_every_failure(site):
                       (13 % 3, Stage.DOWNLOAD, Reason.OPTED_OUT),
                       (14 % 3, Stage.DOWNLOAD, Reason.HTTP_NOT_FOUND)]),
             label="failed")
+
+
+def test_failure_details_are_the_same_on_every_run(process):
+    # Pillow names the stream object by address; a rerun must write the same failure record.
+    first = process(b"<html><body>not an image</body></html>")[1]
+    second = process(b"<html><body>not an image</body></html>")[1]
+    assert first == second == (Reason.NOT_AN_IMAGE,
+                               "UnidentifiedImageError: cannot identify image file")

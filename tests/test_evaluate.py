@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
-from model.evaluate import (  # noqa: E402
+from openwit.model.evaluate import (  # noqa: E402
     ENSEMBLE_TEMPLATES,
     LINEAR_PROBE_C_GRID,
     SINGLE_TEMPLATES,
@@ -30,7 +30,7 @@ from model.evaluate import (  # noqa: E402
     zero_shot_classifier,
     zero_shot_scores,
 )
-from pipeline.config import ConfigError  # noqa: E402
+from openwit.pipeline.core.errors import ConfigError  # noqa: E402
 from test_train import toy_image, write_toy_shards  # noqa: E402
 
 # ------------------------------------------------------------------------------ zero-shot
@@ -220,7 +220,7 @@ def test_linear_probe_beats_chance_and_picks_c_on_validation():
 def test_folder_images_get_exactly_the_loaders_evaluation_preprocessing(tmp_path):
     import webdataset as wds
 
-    from model.data import (CLIP_MEAN, CLIP_STD, LoaderConfig, decode_for_eval, make_loader,
+    from openwit.model.data import (CLIP_MEAN, CLIP_STD, LoaderConfig, decode_for_eval, make_loader,
                             normalise_uint8)
 
     images = [toy_image("red", "circle", 3), toy_image("blue", "square", 7)]
@@ -266,7 +266,8 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """A `tiny` model after a few steps on the toy corpus: (run folder, shard folder)."""
-    from model.train import TrainConfig, train
+    from openwit.model.options import TrainConfig
+    from openwit.model.train import train
 
     shards = write_toy_shards(str(tmp_path_factory.mktemp("eval_shards")), samples=128,
                               per_shard=32)
@@ -288,7 +289,7 @@ def numbers_in(value):
 
 
 def test_openwit_eval_end_to_end(trained_run, tmp_path, capsys):
-    from pipeline.cli import main
+    from openwit.pipeline.apps.cli import main
 
     run, shards = trained_run
     dataset = write_image_folder(tmp_path / "eval")
@@ -387,7 +388,7 @@ def test_too_few_images_for_a_probe_still_gives_zero_shot(trained_run, tmp_path)
      "no checkpoint at"),
 ])
 def test_eval_user_errors_exit_with_a_message(tmp_path, capsys, argv, message):
-    from pipeline.cli import main
+    from openwit.pipeline.apps.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main([a.replace("{tmp}", str(tmp_path)) for a in argv])

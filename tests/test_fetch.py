@@ -10,16 +10,16 @@ import time
 import pytest
 
 from helpers import Route, jpeg_bytes
-from pipeline.config import DownloadConfig
-from pipeline.download import load_img2dataset
-from pipeline.fetch import (
+from openwit.pipeline.images.config import DownloadConfig
+from openwit.pipeline.images.download import load_img2dataset
+from openwit.pipeline.images.fetch import (
     Fetcher,
     address_block_reason,
     parse_retry_after,
     request_target,
     url_block_reason,
 )
-from pipeline.records import Reason
+from openwit.pipeline.core.records import Reason
 
 IMAGE = jpeg_bytes()
 

@@ -15,8 +15,8 @@ import pytest
 langdetect = pytest.importorskip("langdetect")
 
 
-import pipeline.langid as langid  # noqa: E402
-from pipeline.langid import LanguageIdentifier  # noqa: E402
+import openwit.pipeline.text.langid as langid  # noqa: E402
+from openwit.pipeline.text.langid import LanguageIdentifier  # noqa: E402
 
 SEED = 0
 

@@ -11,7 +11,7 @@ import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from model.loss import ClipLoss  # noqa: E402
+from openwit.model.loss import ClipLoss  # noqa: E402
 
 GLOBAL_BATCH = 8
 WORLD_SIZE = 2

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.miniweb import (
+from openwit.pipeline.apps.miniweb import (
     CAPTION_NOISES,
     FOREIGN_LANGUAGES,
     KINDS,
@@ -39,7 +39,7 @@ from pipeline.miniweb import (
     query_words,
     render_item,
 )
-from pipeline.miniweb.captions import _BOILERPLATE, INTERNATIONAL_WORDS, PLURALS
+from openwit.pipeline.apps.miniweb.captions import _BOILERPLATE, INTERNATIONAL_WORDS, PLURALS
 
 SMALL = WorldConfig(samples=300, seed=7, eval_images_per_class=3, slow_seconds=5)
 

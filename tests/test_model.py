@@ -10,9 +10,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from model.config import MODEL_CONFIGS, ModelConfig, TextConfig, VisionConfig, model_config  # noqa: E402
-from model.loss import ClipLoss  # noqa: E402
-from model.model import CLIP, build_model, count_parameters  # noqa: E402
+from openwit.model.config import MODEL_CONFIGS, ModelConfig, TextConfig, VisionConfig, model_config  # noqa: E402
+from openwit.model.loss import ClipLoss  # noqa: E402
+from openwit.model.model import CLIP, build_model, count_parameters  # noqa: E402
 
 EOT_ID = 2
 

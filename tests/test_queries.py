@@ -12,11 +12,11 @@ from apache_beam.testing.util import assert_that, equal_to
 
 import wiki_fixture as wiki
 from helpers import beam_test_pipeline
-from pipeline.cli import main
-from queries.config import TitleConfig, WikipediaConfig, WordNetConfig
-from queries.pageviews import ReadPageviews, TitlesFromPageviews, parse_pageview_line, project_codes
-from queries.rows import Source, merge_key, merge_rows, query_row
-from queries.wikipedia import (
+from openwit.pipeline.apps.cli import main
+from openwit.queries.config import TitleConfig, WikipediaConfig, WordNetConfig
+from openwit.queries.pageviews import ReadPageviews, TitlesFromPageviews, parse_pageview_line, project_codes
+from openwit.queries.rows import Source, merge_key, merge_rows, query_row
+from openwit.queries.wikipedia import (
     WikipediaDumpSource,
     WikipediaQueries,
     eligible_word_set,
@@ -25,8 +25,8 @@ from queries.wikipedia import (
     pmi,
     title_query,
 )
-from queries.wikitext import strip_markup, token_runs
-from queries.wordnet import WordNetQueries, synset_lemmas
+from openwit.queries.wikitext import strip_markup, token_runs
+from openwit.queries.wordnet import WordNetQueries, synset_lemmas
 
 # --- markup and tokens -----------------------------------------------------------------------
 

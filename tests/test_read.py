@@ -10,9 +10,9 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from helpers import beam_test_pipeline
-from pipeline.config import ReadConfig
-from pipeline.read import ReadCandidates, check_url, detect_format, resolve_column
-from pipeline.records import Reason, sample_key
+from openwit.pipeline.text.config import ReadConfig
+from openwit.pipeline.text.read import ReadCandidates, check_url, detect_format, resolve_column
+from openwit.pipeline.core.records import Reason, sample_key
 
 
 def read_all(config: ReadConfig, expected_kept, expected_failures):

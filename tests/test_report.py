@@ -16,11 +16,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.cli import main
-from pipeline.records import FAILURE_SCHEMA
-from pipeline.report import ReportConfig, render_report, write_report
-from pipeline.shards import SAMPLE_SCHEMA
-from pipeline.summary import QUERY_COUNTS_SCHEMA
+from openwit.pipeline.apps.cli import main
+from openwit.pipeline.apps.report import ReportConfig, render_report, write_report
+from openwit.pipeline.core.layout import (
+    CORPUS_QUERY_COUNTS_SCHEMA as QUERY_COUNTS_SCHEMA,
+    CURATED_QUERY_COUNTS_SCHEMA,
+    FAILURE_SCHEMA,
+    SAMPLE_SCHEMA,
+)
 
 IMAGE = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 CLASSES = ["circle", "square", "triangle"]
@@ -98,7 +101,7 @@ def write_curate_only(folder) -> None:
              "balance": {"per_query_cap": 1000, "oversample": 1.5, "target": 1500.0},
              "accounting_problems": [], "wall_seconds": 3.2}
     (folder / "stats.json").write_text(json.dumps(stats))
-    schema = pa.schema([f for f in QUERY_COUNTS_SCHEMA if f.name != "written"])
+    schema = CURATED_QUERY_COUNTS_SCHEMA
     _write_parquet(folder / "query_counts.parquet", [
         {"query_id": 0, "query": "red", "matched": 5000, "kept": 1600},
         {"query_id": 1, "query": "circle", "matched": 800, "kept": 790},

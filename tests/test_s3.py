@@ -6,8 +6,8 @@ import json
 import pytest
 import webdataset as wds
 
-from pipeline.cli import main
-from pipeline.miniweb import MiniWeb, WorldConfig
+from openwit.pipeline.apps.cli import main
+from openwit.pipeline.apps.miniweb import MiniWeb, WorldConfig
 
 pytestmark = pytest.mark.slow
 

@@ -9,20 +9,19 @@ import webdataset as wds
 from apache_beam.testing.util import assert_that, equal_to
 
 from helpers import beam_test_pipeline, jpeg_bytes
-from pipeline import storage
-from pipeline.dedup import FindImageDuplicates, duplicate_image_drop
-from pipeline.records import Reason, Stage, sample_key
-from pipeline.shards import (
+from openwit.pipeline.core import storage
+from openwit.pipeline.core.layout import FAILURE_SCHEMA, shard_paths
+from openwit.pipeline.core.records import Reason, Stage, failure as failure_record, sample_key
+from openwit.pipeline.images.image_dedup import FindImageDuplicates
+from openwit.pipeline.shards.plan import (
     KeyFingerprint,
     PlanShards,
-    WriteShards,
-    encode_tar,
     number_of_shards,
     read_completed_shards,
     shard_of,
-    shard_paths,
 )
-from pipeline.summary import (
+from openwit.pipeline.shards.writer import WriteShards, encode_tar
+from openwit.pipeline.shards.summary import (
     check_accounting,
     check_curated,
     corpus_stats,
@@ -86,6 +85,11 @@ def test_plan_skips_only_shards_completed_with_the_same_plan():
                     label="pending")
 
 
+def duplicate_record(loser, winner):
+    return failure_record({"key": loser}, Stage.DEDUP_IMAGE, Reason.DUPLICATE_IMAGE,
+                          f"same image bytes as {winner}")
+
+
 def test_find_image_duplicates_keeps_the_smallest_key_across_runs():
     same = jpeg_bytes()
     new = [(0, {**sample(1, same), "sha256": "dup"}), (1, {**sample(2, same), "sha256": "dup"}),
@@ -94,13 +98,14 @@ def test_find_image_duplicates_keeps_the_smallest_key_across_runs():
     with beam_test_pipeline() as p:
         losers = p | "new" >> beam.Create(new) | "no history" >> FindImageDuplicates()
         loser = max(new[:2], key=lambda item: item[1]["key"])
-        assert_that(losers, equal_to([(loser[0], (loser[1]["key"], smallest_new))]))
+        assert_that(losers, equal_to([(loser[0], duplicate_record(loser[1]["key"],
+                                                                   smallest_new))]))
 
     # An earlier run wrote the same image under a smaller key: both new ones lose to it.
     with beam_test_pipeline() as p:
         written = p | "written" >> beam.Create([("dup", "0000000000000000", 5)])
         losers = p | "new" >> beam.Create(new) | FindImageDuplicates(written)
-        assert_that(losers, equal_to([(shard, (s["key"], "0000000000000000"))
+        assert_that(losers, equal_to([(shard, duplicate_record(s["key"], "0000000000000000"))
                                       for shard, s in new[:2]]))
 
 
@@ -132,8 +137,8 @@ def test_write_shards_commits_tar_parquet_failures_and_stats(tmp_path):
         stats = {
             "samples": p | "s" >> beam.Create([(0, s) for s in [*shard0, dup]]),
             "failures": p | "f" >> beam.Create([(0, failure)]),
-            "drops": p | "d" >> beam.Create([duplicate_image_drop((0, (dup["key"],
-                                                                       shard0[0]["key"])))]),
+            "drops": p | "d" >> beam.Create([(0, duplicate_record(dup["key"],
+                                                                  shard0[0]["key"]))]),
             "plan": p | "p" >> beam.Create([(0, plan), (1, {**plan, "candidates": 1})]),
         } | WriteShards(output)
         assert_that(stats | beam.Map(lambda s: (s["shard"], s["written"])),
@@ -200,9 +205,7 @@ def test_stale_shard_files():
 
 
 def test_parquet_bytes_roundtrip():
-    from pipeline.records import FAILURE_SCHEMA
-    from pipeline.shards import encode_parquet
 
     rows = [{"key": "a", "url": None, "caption": "c", "stage": "read", "reason": "r",
              "detail": ""}]
-    assert pq.read_table(io.BytesIO(encode_parquet(rows, FAILURE_SCHEMA))).to_pylist() == rows
+    assert pq.read_table(io.BytesIO(storage.encode_parquet(rows, FAILURE_SCHEMA))).to_pylist() == rows

@@ -1,4 +1,4 @@
-"""Steps over batches (pipeline/steps.py): one DoFn running several stages does what the
+"""Steps over batches (pipeline/text/steps.py): one DoFn running several stages does what the
 stages do one after the other, failures tagged by stage."""
 
 import apache_beam as beam
@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from helpers import beam_test_pipeline
-from pipeline.balance import BalanceQueries, BalanceStep, balance_draw, keep_probability
-from pipeline.config import BalanceConfig, MatchConfig, NormaliseConfig
-from pipeline.match import MatchQueries, MatchStep, QueryMatcher
-from pipeline.normalise import NormaliseCaptions, NormaliseStep, normalise_caption
-from pipeline.records import Reason, Stage, sample_key
-from pipeline.steps import RunSteps, Step, unbatch
+from helpers import StepOnElements, beam_test_pipeline
+from openwit.pipeline.text.balance import BalanceStep, balance_draw, keep_probability
+from openwit.pipeline.text.config import BalanceConfig, MatchConfig, NormaliseConfig
+from openwit.pipeline.text.match import MatchStep, QueryMatcher
+from openwit.pipeline.text.normalise import NormaliseStep, normalise_caption
+from openwit.pipeline.core.records import Reason, Stage, sample_key
+from openwit.pipeline.text.steps import RunSteps, Step, unbatch
 
 
 def candidate(index, caption):
@@ -72,12 +72,12 @@ def test_steps_in_one_dofn_equal_the_stages_one_after_the_other(queries):
         failed = (list(fused.failed.values()) | beam.Flatten()
                   | "Failed" >> beam.Map(lambda f: (f["key"], ("failed", f["stage"], f["reason"]))))
         assert_that((kept, failed) | "Outcomes" >> beam.Flatten(), equal_to(expected))
-        # The same candidates through the single-candidate transforms, chained.
+        # The same candidates through each step alone, chained.
         single = p | "Pool" >> beam.Create(pool)
-        balanced = (single | "Normalise" >> NormaliseCaptions(normalise)).kept \
-            | "Match" >> MatchQueries(match)
-        balanced = balanced.kept | "Balance" >> BalanceQueries(
-            balance, p | "Counts again" >> beam.Create([counts]))
+        balanced = (single | "Normalise" >> StepOnElements(NormaliseStep(normalise))).kept \
+            | "Match" >> StepOnElements(MatchStep(match))
+        balanced = balanced.kept | "Balance" >> StepOnElements(BalanceStep(balance), {
+            "counts": beam.pvalue.AsSingleton(p | "Counts again" >> beam.Create([counts]))})
         assert_that(balanced.kept | "Single kept" >> beam.Map(lambda c: c["key"]),
                     equal_to([key for key, outcome in expected if outcome[0] == "kept"]),
                     label="single")

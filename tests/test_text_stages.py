@@ -6,16 +6,16 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from helpers import beam_test_pipeline
-from pipeline.cap import CapPerQuery, cap_priority
-from pipeline.config import CapConfig, LanguageConfig, MatchConfig, NormaliseConfig
-from pipeline.dedup import DedupUrls, canonical_url
-from pipeline.langid import LanguageIdentifier
-from pipeline.language import FilterLanguage, LanguageStep
-from pipeline.match import MatchQueries, QueryMatcher
-from pipeline.normalise import NormaliseCaptions, normalise_caption
-from pipeline.records import Reason, sample_key, stable_hash64
-from pipeline.steps import StageOnElements
+from helpers import CapCandidates, StepOnElements, beam_test_pipeline, dedup_urls
+from openwit.pipeline.images.cap import cap_priority
+from openwit.pipeline.images.config import CapConfig
+from openwit.pipeline.text.config import LanguageConfig, MatchConfig, NormaliseConfig
+from openwit.pipeline.text.url_dedup import canonical_url
+from openwit.pipeline.text.langid import LanguageIdentifier
+from openwit.pipeline.text.language import LanguageStep
+from openwit.pipeline.text.match import MatchStep, QueryMatcher
+from openwit.pipeline.text.normalise import NormaliseStep, normalise_caption
+from openwit.pipeline.core.records import Reason, sample_key, stable_hash64
 
 
 def candidate(url, caption, queries=None, query_ids=None):
@@ -45,7 +45,7 @@ def test_normalise_stage_drops_empty_and_too_long():
     inputs = [candidate("http://a/1", " ok  caption "), candidate("http://a/2", " \n\t "),
               candidate("http://a/3", "x" * 50), candidate("http://a/4", "")]
     with beam_test_pipeline() as p:
-        result = p | beam.Create(inputs) | NormaliseCaptions(NormaliseConfig(max_caption_chars=40))
+        result = p | beam.Create(inputs) | StepOnElements(NormaliseStep(NormaliseConfig(max_caption_chars=40)))
         assert_that(result.kept | beam.Map(lambda c: c["caption"]), equal_to(["ok caption"]),
                     label="kept")
         assert_that(result.failed | beam.Map(lambda f: (f["url"], f["reason"])),
@@ -94,7 +94,7 @@ def test_match_stage(tmp_path):
     inputs = [candidate("http://a/1", "a red circle"), candidate("http://a/2", "a blue square"),
               candidate("http://a/3", "a green triangle")]
     with beam_test_pipeline() as p:
-        result = p | beam.Create(inputs) | MatchQueries(MatchConfig(queries=str(queries)))
+        result = p | beam.Create(inputs) | StepOnElements(MatchStep(MatchConfig(queries=str(queries))))
         assert_that(result.kept | beam.Map(lambda c: (c["url"], c["query_ids"])),
                     equal_to([("http://a/1", [0, 1]), ("http://a/2", [2])]), label="kept")
         assert_that(result.failed | beam.Map(lambda f: (f["url"], f["reason"])),
@@ -104,7 +104,7 @@ def test_match_stage(tmp_path):
 def test_match_stage_without_table_keeps_all():
     inputs = [candidate("http://a/1", "anything")]
     with beam_test_pipeline() as p:
-        result = p | beam.Create(inputs) | MatchQueries(MatchConfig(queries=None))
+        result = p | beam.Create(inputs) | StepOnElements(MatchStep(MatchConfig(queries=None)))
         assert_that(result.kept | beam.Map(lambda c: c["query_ids"]), equal_to([[]]),
                     label="kept")
         assert_that(result.failed, equal_to([]), label="failed")
@@ -130,7 +130,7 @@ def test_language_stage():
     inputs = [candidate("http://a/1", ENGLISH, []), candidate("http://a/2", FRENCH, []),
               candidate("http://a/3", GERMAN, []), candidate("http://a/4", "1234 5678", [])]
     with beam_test_pipeline() as p:
-        result = p | beam.Create(inputs) | FilterLanguage(LanguageConfig(languages=("en", "de")))
+        result = p | beam.Create(inputs) | StepOnElements(LanguageStep(LanguageConfig(languages=("en", "de"))))
         assert_that(result.kept | beam.Map(lambda c: (c["url"], c["language"])),
                     equal_to([("http://a/1", "en"), ("http://a/3", "de")]), label="kept")
         assert_that(result.failed | beam.Map(lambda f: (f["url"], f["reason"])),
@@ -139,7 +139,7 @@ def test_language_stage():
 
 
 def test_language_stage_in_small_batches_gives_langdetects_answers():
-    from pipeline.langid import langdetect_reference
+    from openwit.pipeline.text.langid import langdetect_reference
 
     reference = langdetect_reference(0)
 
@@ -150,12 +150,12 @@ def test_language_stage_in_small_batches_gives_langdetects_answers():
     texts = [ENGLISH, FRENCH, GERMAN, "Four green squares", "logo design", "red circle",
              "un carré vert", "ein grünes Quadrat", "Photo of a dog", ENGLISH]
     inputs = [candidate(f"http://a/{i}", text, []) for i, text in enumerate(texts)]
-    from pipeline.langid import LanguageIdentifier
+    from openwit.pipeline.text.langid import LanguageIdentifier
 
     every_language = tuple(LanguageIdentifier(0).languages)  # so that nothing is dropped
     config = LanguageConfig(languages=every_language, min_probability=0.0)
     with beam_test_pipeline() as p:
-        result = p | beam.Create(inputs) | StageOnElements(LanguageStep(config), batch_size=3)
+        result = p | beam.Create(inputs) | StepOnElements(LanguageStep(config), batch_size=3)
         assert_that(result.kept | beam.Map(lambda c: (c["caption"], c["language"],
                                                        c["language_prob"])),
                     equal_to([(t, *langdetect_answer(t)) for t in texts]))
@@ -164,8 +164,8 @@ def test_language_stage_in_small_batches_gives_langdetects_answers():
 def test_language_uncertain_below_min_probability():
     inputs = [candidate("http://a/1", ENGLISH, [])]
     with beam_test_pipeline() as p:
-        result = p | beam.Create(inputs) | FilterLanguage(
-            LanguageConfig(languages=("en",), min_probability=1.01))
+        result = p | beam.Create(inputs) | StepOnElements(LanguageStep(
+            LanguageConfig(languages=("en",), min_probability=1.01)))
         assert_that(result.failed | beam.Map(lambda f: f["reason"]),
                     equal_to([Reason.LANGUAGE_UNCERTAIN]))
 
@@ -173,7 +173,7 @@ def test_language_uncertain_below_min_probability():
 def test_any_language_skips_detection():
     inputs = [candidate("http://a/1", FRENCH, [])]
     with beam_test_pipeline() as p:
-        result = p | beam.Create(inputs) | FilterLanguage(LanguageConfig(languages=()))
+        result = p | beam.Create(inputs) | StepOnElements(LanguageStep(LanguageConfig(languages=())))
         assert_that(result.kept | beam.Map(lambda c: c["language"]), equal_to(["und"]))
 
 
@@ -192,7 +192,7 @@ def test_dedup_urls_keeps_the_smallest_key():
     other = candidate("http://a.test/y.jpg", "other")
     winner = min(c["key"] for c in same)
     with beam_test_pipeline() as p:
-        result = p | beam.Create([*same, other]) | DedupUrls()
+        result = dedup_urls(p | beam.Create([*same, other]))
         assert_that(result.kept | beam.Map(lambda c: c["key"]),
                     equal_to([winner, other["key"]]), label="kept")
         assert_that(result.failed | beam.Map(lambda f: f["reason"]),
@@ -218,7 +218,7 @@ def zipf_candidates(n=600):
 def test_cap_never_exceeds_and_only_trims_full_queries(cap):
     inputs = zipf_candidates()
     with beam_test_pipeline() as p:
-        result = p | beam.Create(inputs) | CapPerQuery(CapConfig(per_query_cap=cap, seed=3))
+        result = p | beam.Create(inputs) | CapCandidates(CapConfig(per_query_cap=cap, seed=3))
 
         def check(kept):
             counts = collections.Counter(q for c in kept for q in c["queries"])
@@ -256,7 +256,7 @@ def test_cap_is_deterministic_and_depends_on_seed():
     with beam_test_pipeline() as p:
         for seed in (1, 2):
             result = (p | f"Create {seed}" >> beam.Create(inputs)
-                      | f"Cap {seed}" >> CapPerQuery(CapConfig(per_query_cap=50, seed=seed)))
+                      | f"Cap {seed}" >> CapCandidates(CapConfig(per_query_cap=50, seed=seed)))
             assert_that(result.kept | f"keys {seed}" >> beam.Map(lambda c: c["key"]),
                         equal_to(expected(seed)), label=f"seed {seed}")
 
@@ -267,7 +267,7 @@ def test_cap_keeps_tail_queries_that_ride_on_head_queries():
     inputs = [candidate(f"http://a.test/{i}.jpg", f"red {i}",
                         ["red", "hexagon"] if i < 20 else ["red"]) for i in range(300)]
     with beam_test_pipeline() as p:
-        result = p | beam.Create(inputs) | CapPerQuery(CapConfig(per_query_cap=50))
+        result = p | beam.Create(inputs) | CapCandidates(CapConfig(per_query_cap=50))
         assert_that(
             result.kept | beam.Map(lambda c: "hexagon" in c["queries"])
             | beam.combiners.Count.PerElement(),
@@ -278,7 +278,7 @@ def test_plain_url_fast_path_agrees_with_the_full_parse():
     import random
     import urllib.parse
 
-    from pipeline.read import PLAIN_URL, check_url
+    from openwit.pipeline.text.read import PLAIN_URL, check_url
 
     rng = random.Random(4)
     parts = ["http", "https", "HTTP", "://", "a.test", "A.Test", ":80", ":443", ":8080", "/",
@@ -303,7 +303,7 @@ def test_plain_url_fast_path_agrees_with_the_full_parse():
 def test_normalise_fast_path_agrees_with_the_full_path():
     import random
 
-    from pipeline import normalise
+    from openwit.pipeline.text import normalise
 
     def full_path(caption):  # the ASCII steps without the printable-ASCII shortcut
         if not caption.isascii() or "&" in caption:

@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("tokenizers")
 
-from model.tokenizer import EOT_ID, PAD_ID, SOT_ID, Tokenizer, clean_caption  # noqa: E402
+from openwit.model.tokenizer import EOT_ID, PAD_ID, SOT_ID, Tokenizer, clean_caption  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = (
@@ -108,7 +108,7 @@ def test_training_is_deterministic_across_processes(tokenizer):
         import sys
         sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[2])
         from test_tokenizer import captions
-        from model.tokenizer import Tokenizer
+        from openwit.model.tokenizer import Tokenizer
         sys.stdout.write(Tokenizer.train(captions(), vocab_size=1000).to_str())
         """
     )

@@ -11,8 +11,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("tokenizers")
 
-from model.train import (  # noqa: E402
-    TrainConfig,
+from openwit.model.options import TrainConfig  # noqa: E402
+from openwit.model.train import (  # noqa: E402
     cosine_with_warmup,
     load_checkpoint,
     parameter_groups,
@@ -100,9 +100,9 @@ def test_a_killed_run_resumes_to_the_same_weights(shards, tmp_path):
 
 
 def test_checkpoint_is_a_plain_dict_that_carries_everything(shards, tmp_path):
-    from model.config import ModelConfig
-    from model.model import build_model
-    from model.tokenizer import Tokenizer
+    from openwit.model.config import ModelConfig
+    from openwit.model.model import build_model
+    from openwit.model.tokenizer import Tokenizer
 
     train(config(shards, tmp_path, stop_after_steps=2))
     checkpoint = load_checkpoint(str(tmp_path / "checkpoints" / "latest.pt"))
@@ -118,7 +118,7 @@ def test_checkpoint_is_a_plain_dict_that_carries_everything(shards, tmp_path):
 
 
 def test_no_weight_decay_on_gains_biases_embeddings_and_temperature():
-    from model.model import build_model
+    from openwit.model.model import build_model
 
     model = build_model("tiny")
     decay, no_decay = parameter_groups(model, 0.2)
@@ -145,7 +145,7 @@ def test_bf16_autocast_trains_on_the_cpu(shards, tmp_path):
 
 
 def test_train_from_the_command_line(shards, tmp_path, capsys):
-    from pipeline.cli import main
+    from openwit.pipeline.apps.cli import main
 
     assert main(["train", "--shards", shards, "--output", str(tmp_path), "--batch-size", "32",
                  "--vocab-size", "300", "--warmup-steps", "2", "--workers", "0",
@@ -176,7 +176,7 @@ def test_two_process_data_parallel_training_with_torchrun(shards, tmp_path):
         port = probe.getsockname()[1]
     completed = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "pipeline.cli", "train",
+         "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "openwit.pipeline.apps.cli", "train",
          "--shards", shards, "--output", str(tmp_path), "--batch-size", "16",
          "--vocab-size", "300", "--warmup-steps", "2", "--workers", "0", "--no-progress"],
         capture_output=True, text=True, timeout=300)

@@ -1,0 +1,1 @@
+"""The applications on top: the `openwit` command, the demo, the report, the mini-web."""

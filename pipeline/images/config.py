@@ -1,0 +1,170 @@
+"""The image half's settings: the download stage, the exact cap and the shards, their flags,
+and the conversion from parsed flags to `ImageHalfConfig` (`openwit download`, and the second
+half of `openwit build`)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+
+from openwit.pipeline.core.errors import ConfigError
+from openwit.pipeline.core.flags import (
+    add_flag,
+    add_output_flag,
+    add_per_query_cap_flag,
+    add_seed_flag,
+    parse_flag,
+)
+
+# img2dataset's default opt-out directives; "noai"/"noimageai" are the ones that matter for
+# training, "noindex"/"noimageindex" are honoured because a crawler that indexes must too.
+DEFAULT_DISALLOWED_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
+RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
+
+
+@dataclasses.dataclass(frozen=True)
+class DownloadConfig:
+    threads: int = 32
+    timeout: float = 10.0  # seconds for the whole response, not per read
+    retries: int = 2
+    max_retry_wait: float = 10.0  # cap on Retry-After / backoff, seconds
+    max_redirects: int = 5
+    max_bytes: int = 30 * 1024 * 1024
+    user_agent_token: str = "openwit"
+    disallowed_directives: tuple[str, ...] = DEFAULT_DISALLOWED_DIRECTIVES
+    allow_private_hosts: bool = False  # loopback/private/link-local targets; the mini-web needs it
+    image_size: int = 256
+    resize_mode: str = "border"  # img2dataset's: no, keep_ratio, keep_ratio_largest, center_crop, border
+    resize_only_if_bigger: bool = False
+    encode_quality: int = 95
+    min_image_size: int = 32
+    max_image_area: float = 89_478_485  # Pillow's decompression-bomb threshold
+    max_aspect_ratio: float = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class CapConfig:
+    per_query_cap: int = 20000
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardConfig:
+    output: str
+    samples_per_shard: int = 10000  # candidates per shard before download, as img2dataset counts
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageHalfConfig:
+    """The image half: plan shards -> download -> dedup images -> exact cap -> shards."""
+
+    cap: CapConfig
+    download: DownloadConfig
+    shards: ShardConfig
+
+    def validate(self) -> None:
+        d = self.download
+        if self.cap.per_query_cap < 1:
+            raise ConfigError("--per-query-cap must be at least 1")
+        if self.shards.samples_per_shard < 1:
+            raise ConfigError("--samples-per-shard must be at least 1")
+        if d.threads < 1:
+            raise ConfigError("--download-threads must be at least 1")
+        if not d.timeout > 0:
+            raise ConfigError("--timeout must be positive")
+        if d.retries < 0:
+            raise ConfigError("--retries must be at least 0")
+        if d.max_redirects < 0:
+            raise ConfigError("--max-redirects must be at least 0")
+        if d.max_bytes < 1:
+            raise ConfigError("--max-download-mb must be at least 1")
+        if d.image_size < 1:
+            raise ConfigError("--image-size must be at least 1")
+        if not 0 <= d.encode_quality <= 100:
+            raise ConfigError("--encode-quality must be in [0, 100]")
+        if d.max_aspect_ratio < 1 or math.isnan(d.max_aspect_ratio):
+            raise ConfigError("--max-aspect-ratio must be at least 1")
+
+
+# ---------------------------------------------------------------------------------- flags
+
+
+def add_download_stage_flags(parser: argparse.ArgumentParser) -> None:
+    d = DownloadConfig()
+    g = parser.add_argument_group("download")
+    add_flag(g, "--download-threads", type=int, default=d.threads)
+    g.add_argument("--timeout", type=float, default=d.timeout,
+                   help="seconds for a whole response (a server that trickles bytes is cut off)")
+    g.add_argument("--retries", type=int, default=d.retries,
+                   help="retries after 429, 5xx and connection errors, with backoff")
+    add_flag(g, "--max-redirects", type=int, default=d.max_redirects)
+    add_flag(g, "--max-download-mb", type=int,
+                   default=d.max_bytes // (1024 * 1024))
+    add_flag(g, "--user-agent-token", default=d.user_agent_token,
+                   help="bot token in the User-Agent; X-Robots-Tag directives scoped to it apply")
+    add_flag(g, "--disallowed-header-directives",
+                   default=",".join(d.disallowed_directives))
+    add_flag(g, "--allow-private-hosts", type=parse_flag, default=False,
+                   help="allow loopback/private/link-local targets (off: a crawler on a cloud "
+                        "worker must not reach its metadata server)")
+    g = parser.add_argument_group("images")
+    add_flag(g, "--image-size", type=int, default=d.image_size)
+    add_flag(g, "--resize-mode", default=d.resize_mode, choices=RESIZE_MODES)
+    add_flag(g, "--resize-only-if-bigger", type=parse_flag, default=False)
+    add_flag(g, "--encode-quality", type=int, default=d.encode_quality)
+    add_flag(g, "--min-image-size", type=int, default=d.min_image_size)
+    add_flag(g, "--max-image-area", type=float, default=d.max_image_area)
+    add_flag(g, "--max-aspect-ratio", type=float, default=d.max_aspect_ratio)
+    g = parser.add_argument_group("shards")
+    add_flag(g, "--samples-per-shard", type=int,
+                   default=ShardConfig.samples_per_shard,
+                   help="candidates per shard before download (img2dataset's convention)")
+
+
+def add_download_flags(parser: argparse.ArgumentParser) -> None:
+    """`openwit download`'s flags: the curated folder, the cap, the download stage."""
+    g = parser.add_argument_group("input and output")
+    g.add_argument("--curated", default=None,
+                   help="the output folder of `openwit curate`")
+    add_output_flag(g, help="output folder (local or s3:// / gs://); may be --curated itself")
+    g = parser.add_argument_group("cap")
+    add_per_query_cap_flag(g, help="at most this many samples per query (default: the cap "
+                                   "curation balanced for)")
+    add_seed_flag(g)
+    add_download_stage_flags(parser)
+
+
+def image_half_config(args: argparse.Namespace, default_cap: int) -> ImageHalfConfig:
+    """Parsed flags (of `add_download_flags`, or `openwit build`'s) -> ImageHalfConfig
+    (validated); `default_cap` applies when --per-query-cap is not given."""
+    if not args.output:
+        raise ConfigError("--output is required")
+    cap = default_cap if args.per_query_cap is None else args.per_query_cap
+    config = ImageHalfConfig(
+        cap=CapConfig(per_query_cap=cap, seed=args.seed),
+        download=DownloadConfig(
+            threads=args.download_threads,
+            timeout=args.timeout,
+            retries=args.retries,
+            max_redirects=args.max_redirects,
+            max_bytes=args.max_download_mb * 1024 * 1024,
+            user_agent_token=args.user_agent_token,
+            disallowed_directives=tuple(
+                d.strip().lower() for d in args.disallowed_header_directives.split(",")
+                if d.strip()
+            ),
+            allow_private_hosts=args.allow_private_hosts,
+            image_size=args.image_size,
+            resize_mode=args.resize_mode,
+            resize_only_if_bigger=args.resize_only_if_bigger,
+            encode_quality=args.encode_quality,
+            min_image_size=args.min_image_size,
+            max_image_area=args.max_image_area,
+            max_aspect_ratio=args.max_aspect_ratio,
+        ),
+        shards=ShardConfig(output=args.output.rstrip("/"),
+                           samples_per_shard=args.samples_per_shard),
+    )
+    config.validate()
+    return config

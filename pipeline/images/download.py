@@ -1,0 +1,218 @@
+"""Stage 8: download, check and resize images (img2dataset's library parts inside a DoFn).
+
+Each DoFn instance keeps up to 2 x `threads` fetches in flight across its whole bundle (a
+sliding window, not fixed batches: one slow server must not stall a batch behind it).
+Fetching runs on the thread pool; the CPU work (checks, img2dataset's `Resizer`, hashing) runs
+on the DoFn's own thread as results complete. That is also a correctness constraint:
+`Resizer` silences stdout/stderr by swapping process-wide file descriptors, which two threads
+at once would leave swapped for good.
+
+Before decoding, the image header is read with Pillow: a 400-megapixel PNG of a few KB (a
+decompression bomb) is refused on its declared size, and a JPEG or PNG without its end marker
+is refused as truncated (OpenCV would decode it, grey bottom and all).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import io
+import os
+import re
+import struct
+import warnings
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from openwit.pipeline.images.config import DownloadConfig
+from openwit.pipeline.images.fetch import Fetcher
+from openwit.pipeline.core.progress import ProgressLog
+from openwit.pipeline.core.records import FAILED, KEPT, Reason, Stage, StageResult, failure, in_global_window
+
+JPEG_END = b"\xff\xd9"
+JPEG_TRAILING_SLACK = 4096  # some encoders append padding or vendor data after the end marker
+PNG_END = b"IEND"
+PHASH_DECODE_SIDE = 64
+
+# What Pillow raises on hostile bytes varies by format plugin (SyntaxError for a broken PNG
+# chunk, struct.error or EOFError for short headers...); each becomes a "not an image" failure.
+DECODER_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, struct.error)
+
+RESIZER_ERRORS = {
+    "image too small": Reason.IMAGE_TOO_SMALL,
+    "image area too large": Reason.IMAGE_TOO_LARGE,
+    "aspect ratio too large": Reason.ASPECT_RATIO,
+}
+
+
+# Pillow names the stream it failed on ("<_io.BytesIO object at 0x7f...>"): an address that
+# changes on every run would make failure records differ between identical runs.
+_OBJECT_REPR = re.compile(r" ?<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
+def without_addresses(error: Exception) -> str:
+    return _OBJECT_REPR.sub("", str(error))
+
+
+def load_img2dataset():
+    """img2dataset's downloader and resizer modules, imported on the worker that needs them
+    (img2dataset's import pulls in wandb, which is slow to load)."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    from img2dataset import downloader, resizer
+
+    return downloader, resizer
+
+
+def is_complete(image_format: str | None, data: bytes) -> bool:
+    if image_format == "JPEG":
+        end = data.rfind(JPEG_END)
+        return end != -1 and len(data) - (end + len(JPEG_END)) <= JPEG_TRAILING_SLACK
+    if image_format == "PNG":
+        return PNG_END in data[-64:]
+    return True  # other formats: the decoder is the judge
+
+
+class ImageProcessor:
+    """Downloaded bytes -> (sample fields, None) or (None, (reason, detail))."""
+
+    def __init__(self, config: DownloadConfig, resizer_module):
+        self._config = config
+        self._resize = resizer_module.Resizer(
+            image_size=config.image_size,
+            resize_mode=config.resize_mode,
+            resize_only_if_bigger=config.resize_only_if_bigger,
+            encode_quality=config.encode_quality,
+            encode_format="jpg",
+            min_image_size=config.min_image_size,
+            max_image_area=config.max_image_area,
+            max_aspect_ratio=config.max_aspect_ratio,
+        )
+
+    def __call__(self, data: bytes):
+        from PIL import Image
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(data)) as header:
+                    image_format, (width, height) = header.format, header.size
+        except Image.DecompressionBombError as err:
+            return None, (Reason.IMAGE_TOO_LARGE, str(err))
+        except DECODER_ERRORS as err:  # UnidentifiedImageError is an OSError
+            return None, (Reason.NOT_AN_IMAGE, f"{type(err).__name__}: {without_addresses(err)}")
+        if width * height > self._config.max_image_area:
+            return None, (Reason.IMAGE_TOO_LARGE, f"{width}x{height} pixels")
+        if not is_complete(image_format, data):
+            return None, (Reason.TRUNCATED_IMAGE, f"{image_format} without its end marker")
+        encoded, width, height, original_width, original_height, error = self._resize(
+            io.BytesIO(data)
+        )
+        if error is not None:
+            return None, (RESIZER_ERRORS.get(error, Reason.DECODE_ERROR), error)
+        return {
+            "jpg": encoded,
+            "width": int(width),
+            "height": int(height),
+            "original_width": int(original_width),
+            "original_height": int(original_height),
+            "original_bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "phash": perceptual_hash(encoded),
+        }, None
+
+
+def perceptual_hash(jpeg: bytes) -> str:
+    """imagehash's 64-bit pHash of the stored image, hex.
+
+    pHash looks at a 32x32 grey version only, so the JPEG is decoded straight to greyscale at
+    a reduced scale (libjpeg's DCT scaling): several times cheaper than a full decode, a
+    deterministic function of the bytes, within a few bits of a full-size decode.
+    """
+    import imagehash
+    from PIL import Image
+
+    with Image.open(io.BytesIO(jpeg)) as image:
+        image.draft("L", (PHASH_DECODE_SIDE, PHASH_DECODE_SIDE))
+        return str(imagehash.phash(image))
+
+
+class DownloadFn(beam.DoFn):
+    """(shard, candidate) -> (shard, sample) on the main output, (shard, failure) on FAILED."""
+
+    def __init__(self, config: DownloadConfig):
+        self._config = config
+
+    def setup(self):
+        downloader, resizer = load_img2dataset()
+        self._fetcher = Fetcher(self._config, downloader.is_disallowed)
+        self._process_image = ImageProcessor(self._config, resizer)
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self._config.threads, thread_name_prefix="openwit-fetch"
+        )
+        self._max_in_flight = 2 * self._config.threads
+        self._ok = Metrics.counter("openwit", "download.ok")
+        self._failed = Metrics.counter("openwit", "download.failed")
+        self._bytes = Metrics.counter("openwit", "download.bytes")
+        self._progress = ProgressLog("download")
+
+    def start_bundle(self):
+        self._in_flight: dict[concurrent.futures.Future, tuple[int, dict]] = {}
+
+    def process(self, shard_and_candidate):
+        shard, candidate = shard_and_candidate
+        future = self._pool.submit(self._fetcher.fetch, candidate["url"])
+        self._in_flight[future] = (shard, candidate)
+        if len(self._in_flight) >= self._max_in_flight:
+            done, _ = concurrent.futures.wait(
+                self._in_flight, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            for finished in done:
+                yield self._complete(finished)
+
+    def finish_bundle(self):
+        for finished in concurrent.futures.as_completed(list(self._in_flight)):
+            output = self._complete(finished)
+            if isinstance(output, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(output.tag, in_global_window(output.value))
+            else:
+                yield in_global_window(output)
+        self._progress.log()
+
+    def teardown(self):
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _complete(self, future):
+        shard, candidate = self._in_flight.pop(future)
+        result = future.result()
+        if result.body is None:
+            return self._fail(shard, candidate, result.reason, result.detail)
+        self._bytes.inc(len(result.body))
+        fields, problem = self._process_image(result.body)
+        if problem is not None:
+            return self._fail(shard, candidate, *problem)
+        self._ok.inc()
+        self._progress.update(ok=1)
+        return shard, {**candidate, **fields}
+
+    def _fail(self, shard, candidate, reason, detail):
+        self._failed.inc()
+        self._progress.update(failed=1)
+        return beam.pvalue.TaggedOutput(
+            FAILED, (shard, failure(candidate, Stage.DOWNLOAD, reason, detail))
+        )
+
+
+class DownloadImages(beam.PTransform):
+    """(shard, candidate) pairs -> StageResult of (shard, sample) and (shard, failure) pairs."""
+
+    def __init__(self, config: DownloadConfig):
+        super().__init__()
+        self._config = config
+
+    def expand(self, shard_and_candidates):
+        result = shard_and_candidates | "Fetch and resize" >> beam.ParDo(
+            DownloadFn(self._config)
+        ).with_outputs(FAILED, main=KEPT)
+        return StageResult(result[KEPT], result[FAILED])

@@ -1,0 +1,310 @@
+"""Fetching one URL the way a polite, safe crawler must.
+
+img2dataset's `download_image_with_retry` is not used for the transfer itself, for four
+measured reasons: urllib's timeout applies per blocking read, so a server that trickles bytes
+holds a thread forever; its retries fire immediately, with no backoff and no Retry-After, so a
+429 is retried into another 429; it follows redirects to any address; and it reads bodies of
+any size. This module keeps img2dataset's semantics where they matter (its `is_disallowed`
+decides X-Robots-Tag opt-outs, its User-Agent shape carries the bot token) and adds:
+
+- one deadline for the whole response (connect, headers, body), checked between reads;
+- retries only for 429, 5xx and connection errors, after `Retry-After` or exponential backoff;
+- redirects followed by hand, each target checked by the same address policy;
+- a body size limit, checked against Content-Length and while reading;
+- an address policy: by default no loopback, private, link-local (cloud metadata servers),
+  multicast or reserved targets, checked on the address actually connected to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import http.client
+import ipaddress
+import socket
+import ssl
+import time
+import urllib.parse
+
+from openwit.pipeline.images.config import DownloadConfig
+from openwit.pipeline.core.records import Reason
+
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+RETRYABLE_STATUSES = (429, 500, 502, 503, 504)
+READ_CHUNK = 256 * 1024
+BASE_BACKOFF_SECONDS = 0.5
+
+
+@dataclasses.dataclass
+class FetchResult:
+    body: bytes | None
+    reason: str | None = None  # a `Reason` when body is None
+    detail: str = ""
+    status: int | None = None
+    final_url: str | None = None
+    attempts: int = 1
+
+
+class BlockedAddress(Exception):
+    """The host resolved only to addresses the policy forbids."""
+
+
+def address_block_reason(address: str, allow_private: bool) -> str | None:
+    """Why a connection to this IP must not be made, or None. Pure: opens nothing."""
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_multicast or ip.is_unspecified or (ip.is_reserved and not ip.is_private):
+        return f"{ip} is a multicast, unspecified or reserved address"
+    if allow_private:
+        return None
+    if ip.is_loopback:
+        return f"{ip} is a loopback address"
+    if ip.is_link_local:
+        return f"{ip} is link-local (cloud metadata servers live here)"
+    if ip.is_private or not ip.is_global:
+        return f"{ip} is a private or non-global address"
+    return None
+
+
+def url_block_reason(url: str, allow_private: bool) -> str | None:
+    """Why this URL must not be fetched, decided without any network traffic, or None."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as err:
+        return f"unparsable URL: {err}"
+    if parts.scheme.lower() not in ("http", "https"):
+        return f"scheme {parts.scheme!r} is not http(s)"
+    host = parts.hostname
+    if not host:
+        return "no host"
+    if port == 0:
+        return "port 0"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not allow_private and (host == "localhost" or host.endswith(".localhost")):
+            return f"{host} names the local machine"
+        return None  # a host name: its addresses are checked when connecting
+    return address_block_reason(host, allow_private)
+
+
+def _guarded_socket(host: str, port: int, timeout: float, allow_private: bool) -> socket.socket:
+    """Resolve, check every address, connect only to an allowed one (no DNS rebinding gap)."""
+    blocked = []
+    last_error: OSError | None = None
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        reason = address_block_reason(address[0], allow_private)
+        if reason is not None:
+            blocked.append(reason)
+            continue
+        sock = socket.socket(family, kind, proto)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(address)
+            return sock
+        except OSError as err:
+            sock.close()
+            last_error = err
+    if last_error is not None:
+        raise last_error
+    raise BlockedAddress("; ".join(blocked) or f"{host} resolved to no address")
+
+
+class _GuardedHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args, allow_private: bool, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._allow_private = allow_private
+
+    def connect(self):
+        self.sock = _guarded_socket(self.host, self.port, self.timeout, self._allow_private)
+
+
+class _GuardedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args, allow_private: bool, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._allow_private = allow_private
+
+    def connect(self):
+        sock = _guarded_socket(self.host, self.port, self.timeout, self._allow_private)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+def request_target(parts: urllib.parse.SplitResult) -> str:
+    """Path and query as HTTP wants them: web URLs carry raw spaces and non-ASCII characters."""
+    safe = "/%:@!$&'()*+,;=~-._?"
+    target = urllib.parse.quote(parts.path or "/", safe=safe)
+    if parts.query:
+        target += "?" + urllib.parse.quote(parts.query, safe=safe)
+    return target
+
+
+def user_agent(token: str) -> str:
+    # img2dataset's shape: a browser-like prefix, then the bot token that X-Robots-Tag rules
+    # scoped to this crawler ("openwit: noai") are matched against.
+    return f"Mozilla/5.0 (compatible; {token}; +https://github.com/openwit/openwit)"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class Fetcher:
+    """Thread-safe: holds configuration only, one connection per request."""
+
+    def __init__(self, config: DownloadConfig, is_disallowed):
+        self._config = config
+        self._is_disallowed = is_disallowed  # img2dataset.downloader.is_disallowed
+        self._token = config.user_agent_token.strip().lower()
+        self._directives = {d.strip().lower() for d in config.disallowed_directives}
+        self._headers = {
+            "User-Agent": user_agent(config.user_agent_token),
+            "Accept": "image/avif,image/webp,image/*,*/*;q=0.8",
+            "Accept-Encoding": "identity",
+            "Connection": "close",
+        }
+        self._ssl_context = ssl.create_default_context()
+
+    def fetch(self, url: str) -> FetchResult:
+        attempts = self._config.retries + 1
+        for attempt in range(1, attempts + 1):
+            result, retry_after = self._fetch_once(url)
+            result.attempts = attempt
+            if retry_after is None or attempt == attempts:
+                return result
+            backoff = BASE_BACKOFF_SECONDS * 2 ** (attempt - 1)
+            time.sleep(min(self._config.max_retry_wait, max(backoff, retry_after)))
+        raise AssertionError("unreachable: the last attempt returns")
+
+    def _fetch_once(self, url: str) -> tuple[FetchResult, float | None]:
+        """One attempt, redirects included. Returns the result and, if retryable, a wait."""
+        deadline = time.monotonic() + self._config.timeout
+        current = url
+        for hop in range(self._config.max_redirects + 1):
+            block = url_block_reason(current, self._config.allow_private_hosts)
+            if block is not None:
+                reason = Reason.URL_BLOCKED if hop == 0 else Reason.REDIRECT_BLOCKED
+                return FetchResult(None, reason, block, final_url=current), None
+            try:
+                outcome = self._request(current, deadline)
+            except BlockedAddress as err:
+                reason = Reason.URL_BLOCKED if hop == 0 else Reason.REDIRECT_BLOCKED
+                return FetchResult(None, reason, str(err), final_url=current), None
+            except TimeoutError:
+                return FetchResult(None, Reason.TIMEOUT, f"no complete response within "
+                                   f"{self._config.timeout:g} s", final_url=current), None
+            except (ValueError, UnicodeError) as err:  # e.g. a Location no URL parser accepts
+                return FetchResult(None, Reason.INVALID_URL, f"{type(err).__name__}: {err}",
+                                   final_url=current), None
+            except ssl.SSLError as err:  # a bad certificate stays bad: no retry
+                return FetchResult(None, Reason.CONNECTION_ERROR, f"TLS: {err}",
+                                   final_url=current), None
+            except (OSError, http.client.HTTPException) as err:
+                detail = f"{type(err).__name__}: {err}"
+                return FetchResult(None, Reason.CONNECTION_ERROR, detail, final_url=current), 0.0
+            if isinstance(outcome, str):  # a redirect target
+                current = urllib.parse.urljoin(current, outcome)
+                continue
+            return outcome
+        return FetchResult(None, Reason.TOO_MANY_REDIRECTS,
+                           f"more than {self._config.max_redirects} redirects", final_url=current), None
+
+    def _request(self, url: str, deadline: float):
+        parts = urllib.parse.urlsplit(url)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError()
+        path = request_target(parts)
+        if parts.scheme.lower() == "https":
+            conn = _GuardedHTTPSConnection(parts.hostname, parts.port or 443, timeout=remaining,
+                                           context=self._ssl_context,
+                                           allow_private=self._config.allow_private_hosts)
+        else:
+            conn = _GuardedHTTPConnection(parts.hostname, parts.port or 80, timeout=remaining,
+                                          allow_private=self._config.allow_private_hosts)
+        host_header = parts.hostname.encode("idna").decode("ascii")
+        if ":" in host_header:
+            host_header = f"[{host_header}]"
+        if parts.port:
+            host_header += f":{parts.port}"
+        try:
+            conn.request("GET", path, headers={**self._headers, "Host": host_header})
+            # getresponse() hands the socket to the response and clears conn.sock: keep it.
+            sock = conn.sock
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            response = conn.getresponse()
+            try:
+                return self._handle(url, response, sock, deadline)
+            finally:
+                response.close()
+        finally:
+            conn.close()
+
+    def _handle(self, url, response, sock, deadline):
+        status = response.status
+        if status in REDIRECT_STATUSES:
+            location = response.getheader("Location")
+            if not location:
+                return FetchResult(None, Reason.HTTP_OTHER, f"{status} without Location",
+                                   status=status, final_url=url), None
+            return location
+        if status != 200:
+            return self._status_failure(url, response)
+        if self._directives and self._is_disallowed(response.headers, self._token,
+                                                    self._directives):
+            return FetchResult(None, Reason.OPTED_OUT,
+                               "X-Robots-Tag: " + ", ".join(response.headers.get_all(
+                                   "X-Robots-Tag", [])), status=status, final_url=url), None
+        length = response.getheader("Content-Length")
+        if length and length.isdigit() and int(length) > self._config.max_bytes:
+            return FetchResult(None, Reason.BODY_TOO_LARGE, f"Content-Length {length}",
+                               status=status, final_url=url), None
+        chunks, size = [], 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError()
+            sock.settimeout(remaining)
+            chunk = response.read1(READ_CHUNK)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > self._config.max_bytes:
+                return FetchResult(None, Reason.BODY_TOO_LARGE,
+                                   f"more than {self._config.max_bytes} bytes", status=status,
+                                   final_url=url), None
+            chunks.append(chunk)
+        if length and length.isdigit() and size < int(length):
+            return FetchResult(None, Reason.CONNECTION_ERROR,
+                               f"body ended after {size} of {length} bytes", status=status,
+                               final_url=url), 0.0
+        return FetchResult(b"".join(chunks), status=status, final_url=url), None
+
+    def _status_failure(self, url, response):
+        status = response.status
+        retry_after = None
+        if status in RETRYABLE_STATUSES:
+            retry_after = parse_retry_after(response.getheader("Retry-After")) or 0.0
+        if status == 404:
+            reason = Reason.HTTP_NOT_FOUND
+        elif status == 429:
+            reason = Reason.HTTP_RATE_LIMITED
+        elif 500 <= status < 600:
+            reason = Reason.HTTP_SERVER_ERROR
+        elif 400 <= status < 500:
+            reason = Reason.HTTP_CLIENT_ERROR
+        else:
+            reason = Reason.HTTP_OTHER
+        result = FetchResult(None, reason, f"HTTP {status} {response.reason}", status=status,
+                             final_url=url)
+        return result, retry_after

@@ -1,0 +1,104 @@
+"""`openwit build`: the text half and the image half in one pipeline, into one output folder.
+
+    candidate lists -> [text half: jobs/text_half.py] -> [image half: jobs/image_half.py]
+                    -> shards/, stats.json, query_counts.parquet, failures/
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import time
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from openwit.pipeline.core.beam import with_local_runner
+from openwit.pipeline.core.flags import add_output_flag
+from openwit.pipeline.images.config import ImageHalfConfig, add_download_stage_flags, image_half_config
+from openwit.pipeline.jobs.curate import check_inputs, clear_text_outputs, clear_work_folder, finish_stats
+from openwit.pipeline.jobs.image_half import ImageHalf
+from openwit.pipeline.jobs.text_half import CurateCandidates, write_failures
+from openwit.pipeline.shards.plan import read_completed_shards
+from openwit.pipeline.text.config import CurateConfig, add_input_flags, add_text_flags, curate_config
+from openwit.pipeline.text.steps import unbatch
+
+LOGGER = logging.getLogger("openwit")
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildConfig:
+    """`openwit build`: the text half and the image half, into one output folder."""
+
+    curate: CurateConfig
+    images: ImageHalfConfig
+
+    def validate(self) -> None:
+        self.curate.validate()
+        self.images.validate()
+
+
+def add_build_flags(parser: argparse.ArgumentParser) -> None:
+    """`openwit build`'s flags: curate's and download's (the cap is the text stages')."""
+    add_output_flag(parser.add_argument_group("output"),
+                    help="output folder (local or s3:// / gs://)")
+    add_input_flags(parser)
+    add_text_flags(parser)
+    add_download_stage_flags(parser)
+
+
+def build_config(args: argparse.Namespace) -> BuildConfig:
+    curate = curate_config(args)
+    return BuildConfig(curate=curate,
+                       images=image_half_config(args, default_cap=curate.balance.per_query_cap))
+
+
+class BuildCorpus(beam.PTransform):
+    """The whole build: the text half, then the image half, in one pipeline."""
+
+    def __init__(self, config: BuildConfig, completed_shards: dict[int, dict] | None = None):
+        super().__init__()
+        self._config = config
+        self._completed = completed_shards or {}
+
+    def expand(self, pbegin):
+        config = self._config
+        curated = pbegin | "Curate" >> CurateCandidates(config.curate)
+        write_failures(curated.failures, config.images.shards.output)
+        return {
+            "curated": unbatch(curated.curated, "Curated candidates"),
+            "text_entries": curated.stage_entries,
+            "query_rows": curated.query_rows,
+        } | "Image half" >> ImageHalf(config.images, build_run_config(config), self._completed)
+
+
+def build_run_config(config: BuildConfig) -> dict:
+    return {**dataclasses.asdict(config.curate), **dataclasses.asdict(config.images)}
+
+
+def prepare_output(output: str) -> dict[int, dict]:
+    """Clears what every run recomputes; returns the shards an earlier run completed."""
+    clear_text_outputs(output)
+    completed = read_completed_shards(output)
+    if completed:
+        LOGGER.info("output holds %d completed shards from an earlier run; they are kept if "
+                    "this run plans them identically", len(completed))
+    return completed
+
+
+def build(config: BuildConfig, options: PipelineOptions) -> dict:
+    """Runs both halves as one pipeline and returns the corpus stats."""
+    # s3:// and gs:// take credentials and endpoints from the options, at launch too.
+    FileSystems.set_options(options)
+    config.validate()
+    check_inputs(config.curate)
+    output = config.images.shards.output
+    completed = prepare_output(output)
+    started = time.monotonic()
+    with beam.Pipeline(options=with_local_runner(options)) as pipeline:
+        pipeline | "Build corpus" >> BuildCorpus(config, completed)
+    clear_work_folder(output)
+    balance = dataclasses.asdict(config.curate.balance)
+    return finish_stats(output, started, {"balance": {**balance, "target": config.curate.balance.target}})

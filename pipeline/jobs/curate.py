@@ -1,0 +1,97 @@
+"""`openwit curate`: the text half as a job of its own.
+
+    candidate lists -> [text half: jobs/text_half.py] -> curated.parquet/, query_counts.parquet,
+                                                        failures/text-*.parquet, stats.json
+
+`openwit download --curated DIR` (jobs/download.py) continues from what it writes.
+"""
+
+from __future__ import annotations
+
+import time
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from openwit.pipeline.core import layout, storage
+from openwit.pipeline.core.beam import with_local_runner
+from openwit.pipeline.core.errors import ConfigError
+from openwit.pipeline.core.layout import (
+    CURATED_FOLDER,
+    CURATED_PREFIX,
+    FAILURES_FOLDER,
+    TEXT_FAILURES_PREFIX,
+    WORK_FOLDER,
+)
+from openwit.pipeline.jobs.text_half import CurateCandidates, WriteCurated
+from openwit.pipeline.shards.summary import format_stage_table
+from openwit.pipeline.text.config import CurateConfig
+
+
+def check_inputs(config: CurateConfig) -> None:
+    """Fail at launch, with the path in the message, rather than deep inside a worker."""
+    for pattern in config.read.candidates:
+        if not storage.glob(pattern):
+            raise ConfigError(f"--candidates {pattern!r} matches no file")
+    if config.match.queries is not None and not storage.glob(config.match.queries):
+        raise ConfigError(f"--queries {config.match.queries!r} does not exist")
+
+
+def clear_text_outputs(output: str) -> None:
+    """Removes what every run writes anew (Beam's part files would otherwise pile up)."""
+    storage.delete(
+        storage.glob(storage.join(output, CURATED_FOLDER, CURATED_PREFIX + "-*"))
+        + storage.glob(storage.join(output, FAILURES_FOLDER, TEXT_FAILURES_PREFIX + "-*"))
+    )
+    clear_work_folder(output)
+
+
+def clear_work_folder(output: str) -> None:
+    storage.delete(storage.glob(storage.join(output, WORK_FOLDER, "*")))
+    work = storage.join(output, WORK_FOLDER)
+    if FileSystems.exists(work) and not storage.glob(storage.join(work, "*")):
+        FileSystems.delete([work])
+
+
+def curate(config: CurateConfig, options: PipelineOptions) -> dict:
+    """Runs the curate pipeline to completion and returns its stats."""
+    FileSystems.set_options(options)
+    config.validate()
+    check_inputs(config)
+    clear_text_outputs(config.output)
+    started = time.monotonic()
+    with beam.Pipeline(options=with_local_runner(options)) as pipeline:
+        result = pipeline | "Curate" >> CurateCandidates(config)
+        result | "Write" >> WriteCurated(config)
+    clear_work_folder(config.output)
+    return finish_stats(config.output, started)
+
+
+def finish_stats(output: str, started: float, extra: dict | None = None) -> dict:
+    """Adds the wall time (and `extra`) to the stats.json the job wrote, and returns it."""
+    stats_path = storage.join(output, layout.STATS_FILE)
+    stats = storage.read_json(stats_path)
+    stats.update(extra or {})
+    stats["wall_seconds"] = round(time.monotonic() - started, 1)
+    storage.write_json_atomic(stats_path, stats)
+    return stats
+
+
+def format_curate_summary(stats: dict) -> str:
+    lines = format_stage_table(stats["stages"])
+    queries, balance = stats["queries"], stats["balance"]
+    output = stats["config"]["output"]
+    lines += [
+        "",
+        f"{stats['curated']:,} of {stats['input_rows']:,} candidates curated to "
+        f"{output}/{CURATED_FOLDER}",
+        f"queries: {queries['matched']:,} matched, {queries['kept']:,} kept; balanced to "
+        f"{balance['target']:,.0f} per query (cap {balance['per_query_cap']:,} x oversample "
+        f"{balance['oversample']:g}); see query_counts.parquet",
+    ]
+    if stats.get("accounting_problems"):
+        lines.append("ACCOUNTING PROBLEMS: " + "; ".join(stats["accounting_problems"]))
+    if "wall_seconds" in stats:
+        lines.append(f"wall time {stats['wall_seconds']:.1f} s")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""The text half's stages, 1-6: read, normalise, match, URL dedup, balance, language."""

@@ -1,0 +1,150 @@
+"""Every command answers a user's mistake (a bad value, a missing file, a wrong type, an
+unknown flag) with one line naming the flag or the path, `openwit CMD: error: ...`, and exit
+status 2: never a traceback."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from openwit.pipeline.apps.cli import main
+from openwit.pipeline.core.layout import CURATED_QUERY_COUNTS_SCHEMA
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    """A candidate list, a query list, a curated folder's summary files, an empty folder."""
+    (tmp_path / "c.csv").write_text("url,caption\nhttp://a.test/x.jpg,a red circle\n")
+    (tmp_path / "q.txt").write_text("circle\n")
+    curated = tmp_path / "curated"
+    curated.mkdir()
+    (curated / "stats.json").write_text(json.dumps(
+        {"stages": [], "balance": {"per_query_cap": 5, "oversample": 1.0, "target": 5}}))
+    pq.write_table(pa.Table.from_pylist([], schema=CURATED_QUERY_COUNTS_SCHEMA),
+                   curated / "query_counts.parquet")
+    (tmp_path / "empty").mkdir()
+    return tmp_path
+
+
+CURATE = ["curate", "--candidates", "{tmp}/c.csv", "--output", "{tmp}/out"]
+DOWNLOAD = ["download", "--curated", "{tmp}/curated", "--output", "{tmp}/out"]
+BUILD = ["build", "--candidates", "{tmp}/c.csv", "--output", "{tmp}/out"]
+QUERIES = ["queries", "--wordnet", "none", "--output", "{tmp}/out"]
+TRAIN = ["train", "--shards", "{tmp}/empty", "--output", "{tmp}/run"]
+EVAL = ["eval", "--checkpoint", "{tmp}/run.pt", "--dataset", "{tmp}/empty"]
+DEMO = ["demo", "--output", "{tmp}/demo", "--no-train"]
+WEB = ["web", "--output", "{tmp}/web", "--no-serve"]
+REPORT = ["report", "{tmp}/empty"]
+
+MISTAKES = [
+    # (command line, what the error line must say)
+    (CURATE + ["--per-query-cap", "0"], "--per-query-cap must be at least 1"),
+    (CURATE + ["--min-language-prob", "2"], "--min-language-prob must be in [0, 1]"),
+    (["curate", "--candidates", "{tmp}/none.csv", "--output", "{tmp}/out"],
+     "--candidates '{tmp}/none.csv' matches no file"),
+    (CURATE + ["--queries", "{tmp}/none.txt"], "--queries '{tmp}/none.txt' does not exist"),
+    (CURATE + ["--oversample", "lots"], "argument --oversample: invalid float value: 'lots'"),
+    (CURATE + ["--match-mode", "fuzzy"], "argument --match-mode: invalid choice: 'fuzzy'"),
+    (CURATE + ["--languges", "fr"], "unknown option(s): --languges"),
+    (["curate", "--output", "{tmp}/out"], "--candidates is required"),
+
+    (DOWNLOAD + ["--download-threads", "0"], "--download-threads must be at least 1"),
+    (["download", "--curated", "{tmp}/empty", "--output", "{tmp}/out"],
+     "--curated '{tmp}/empty' holds no stats.json"),
+    (DOWNLOAD + ["--timeout", "soon"], "argument --timeout: invalid float value: 'soon'"),
+    (DOWNLOAD + ["--treads", "3"], "unknown option(s): --treads"),
+    (["download", "--output", "{tmp}/out"], "--curated is required"),
+    (DOWNLOAD, "--curated '{tmp}/curated' holds no curated.parquet/*.parquet"),
+
+    (BUILD + ["--max-aspect-ratio", "0.5"], "--max-aspect-ratio must be at least 1"),
+    (["build", "--candidates", "{tmp}/none-*.parquet", "--output", "{tmp}/out"],
+     "matches no file"),
+    (BUILD + ["--image-size", "big"], "argument --image-size: invalid int value: 'big'"),
+    (BUILD + ["--allow-private-hosts", "maybe"], "expected true/false, got 'maybe'"),
+    (BUILD + ["--runer", "DirectRunner"], "unknown option(s): --runer"),
+    (["build", "--candidates", "{tmp}/c.csv"], "--output is required"),
+
+    (QUERIES + ["--min-unigram-count", "0"], "--min-unigram-count must be at least 1"),
+    (QUERIES + ["--extra-queries", "{tmp}/none.txt"], "'{tmp}/none.txt' matches no file"),
+    (["queries", "--wordnet", "{tmp}/empty", "--output", "{tmp}/out"],
+     "--wordnet '{tmp}/empty' lacks"),
+    (QUERIES + ["--min-bigram-pmi", "high"], "argument --min-bigram-pmi: invalid float value"),
+    (QUERIES + ["--wordnet-lemma", "head"], "unknown option(s): --wordnet-lemma"),
+
+    (TRAIN + ["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["train", "--shards", "{tmp}/c.csv", "--output", "s3://bucket/run"],
+     "--output must be a local folder"),
+    (TRAIN, "no shards match '{tmp}/empty'"),
+    (TRAIN + ["--tokenizer", "{tmp}/none.json"], "--tokenizer '{tmp}/none.json' does not exist"),
+    (TRAIN + ["--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
+    (TRAIN + ["--model", "huge"], "argument --model: invalid choice: 'huge'"),
+    (TRAIN + ["--steps", "3"], "unknown option(s): --steps"),
+
+    (EVAL, "--checkpoint '{tmp}/run.pt': no checkpoint there"),
+    (EVAL + ["--batch-size", "many"], "argument --batch-size: invalid int value: 'many'"),
+    (EVAL + ["--templatez", "single"], "unknown option(s): --templatez"),
+
+    (DEMO + ["--per-query-cap", "0"], "--per-query-cap must be at least 1"),
+    (DEMO + ["--port", "70000"], "--port must be in [0, 65535]"),
+    (["demo", "--output", "/proc/openwit-demo", "--port", "0", "--samples", "100"],
+     "cannot write the mini-web to '/proc/openwit-demo/web'"),
+    (DEMO + ["--seed", "one"], "argument --seed: invalid int value: 'one'"),
+    (DEMO + ["--quik"], "unknown option(s): --quik"),
+
+    (WEB + ["--samples", "10"], "--samples must be at least 64"),
+    (["web", "--output", "/proc/openwit-web", "--no-serve", "--samples", "100"],
+     "cannot write the mini-web to '/proc/openwit-web'"),
+    (WEB + ["--port", "p"], "argument --port: invalid int value: 'p'"),
+    (WEB + ["--sampels", "3"], "unknown option(s): --sampels"),
+
+    (["report", "{tmp}/nowhere"], "corpus folder '{tmp}/nowhere' does not exist"),
+    (REPORT + ["--run", "{tmp}/no-run"], "--run '{tmp}/no-run' does not exist"),
+    (REPORT + ["--rnu", "{tmp}"], "unknown option(s): --rnu"),
+]
+
+
+@pytest.mark.parametrize("argv, message", MISTAKES,
+                         ids=[f"{argv[0]}: {message[:40]}" for argv, message in MISTAKES])
+def test_a_mistake_is_one_line_and_exit_status_2(inputs, capsys, argv, message):
+    argv = [arg.replace("{tmp}", str(inputs)) for arg in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"openwit {argv[0]}: error: "), err
+    assert message.replace("{tmp}", str(inputs)) in last, err
+
+
+def test_every_command_has_its_mistakes_tested():
+    from openwit.pipeline.apps.cli import COMMANDS
+
+    tested = {argv[0] for argv, _ in MISTAKES}
+    assert tested == {command.name for command in COMMANDS}
+
+
+@pytest.mark.parametrize("command", ["curate", "download", "build", "queries", "train", "eval",
+                                     "demo", "web", "report"])
+def test_help_lists_the_commands_own_flags(capsys, command):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    own = {"curate": ["--candidates", "--languages", "--oversample"],
+           "download": ["--curated", "--download-threads", "--image-size"],
+           "build": ["--candidates", "--languages", "--download-threads"],
+           "queries": ["--wikipedia-dump", "--min-bigram-pmi"],
+           "train": ["--shards", "--batch-size"], "eval": ["--checkpoint", "--templates"],
+           "demo": ["--quick", "--ablation"], "web": ["--no-serve"], "report": ["--run"]}
+    foreign = {"curate": ["--download-threads", "--curated"], "download": ["--languages",
+                                                                          "--candidates"],
+               "queries": ["--candidates"], "train": ["--candidates"],
+               "web": ["--candidates"], "report": ["--candidates"]}
+    for flag in own[command]:
+        assert flag in out, (command, flag)
+    for flag in foreign.get(command, []):
+        assert flag not in out, (command, flag)
