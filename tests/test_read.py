@@ -13,12 +13,13 @@ from helpers import beam_test_pipeline
 from openwit.pipeline.text.config import ReadConfig
 from openwit.pipeline.text.read import ReadCandidates, check_url, detect_format, resolve_column
 from openwit.pipeline.core.records import Reason, sample_key
+from openwit.pipeline.text.steps import unbatch
 
 
 def read_all(config: ReadConfig, expected_kept, expected_failures):
     with beam_test_pipeline() as p:
         result = p | ReadCandidates(config)
-        assert_that(result.kept | "kept pairs" >> _pairs(), equal_to(expected_kept), label="kept")
+        assert_that(unbatch(result.kept) | "kept pairs" >> _pairs(), equal_to(expected_kept), label="kept")
         assert_that(
             result.failed | "reasons" >> _reasons(), equal_to(expected_failures), label="failed"
         )

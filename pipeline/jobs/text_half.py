@@ -133,7 +133,7 @@ class CurateCandidates(beam.PTransform):
     def expand(self, pbegin):
         config = self._config
         # Candidates travel in lists between the transforms (pipeline/steps.py).
-        read = pbegin | "Read candidates" >> ReadCandidates(config.read, batch_size=BATCH_SIZE)
+        read = pbegin | "Read candidates" >> ReadCandidates(config.read)
         matched = read.kept | "Normalise and match" >> RunSteps(
             [NormaliseStep(config.normalise), MatchStep(config.match)])
         matched_files = matched.kept | "Keep matched for pass 2" >> WriteParquetParts(

@@ -78,7 +78,7 @@ class SumCountVectors(beam.CombineFn):
 
 
 class _CountInBundle(beam.DoFn):
-    """Candidates (or lists of them) -> one count vector per bundle."""
+    """Batches (lists) of candidates -> one count vector per bundle."""
 
     def setup(self):
         self._sum = SumCountVectors()
@@ -87,8 +87,7 @@ class _CountInBundle(beam.DoFn):
         # One running total: a vector per batch would hold (largest query id) x 8 bytes each.
         self._total = self._sum.create_accumulator()
 
-    def process(self, candidate_or_batch):
-        batch = candidate_or_batch if isinstance(candidate_or_batch, list) else [candidate_or_batch]
+    def process(self, batch):
         self._total = self._sum.add_input(self._total, count_vector(c["query_ids"] for c in batch))
 
     def finish_bundle(self):
@@ -96,7 +95,7 @@ class _CountInBundle(beam.DoFn):
 
 
 class CountQueryMatches(beam.PTransform):
-    """Candidates (or lists of them) -> a singleton: the number of candidates that matched
+    """Batches (lists) of candidates -> a singleton: the number of candidates that matched
     each query, as an int64 vector indexed by query id."""
 
     def expand(self, candidates):

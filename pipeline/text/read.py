@@ -29,6 +29,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from openwit.pipeline.text.config import ReadConfig
+from openwit.pipeline.text.steps import BATCH_SIZE
 from openwit.pipeline.core.records import (
     FAILED,
     KEPT,
@@ -158,10 +159,10 @@ class SplitIntoUnits(beam.DoFn):
 
 
 class ParseUnit(beam.DoFn):
-    """A unit -> candidate dicts (or lists of up to `batch_size` of them), failures tagged
-    FAILED, and the unit's row count tagged ROWS."""
+    """A unit -> lists of up to `batch_size` candidate dicts, failures tagged FAILED, and the
+    unit's row count tagged ROWS."""
 
-    def __init__(self, config: ReadConfig, batch_size: int | None = None):
+    def __init__(self, config: ReadConfig, batch_size: int = BATCH_SIZE):
         self._config = config
         self._batch_size = batch_size
 
@@ -180,8 +181,6 @@ class ParseUnit(beam.DoFn):
             if "stage" in result:
                 malformed += 1
                 yield beam.pvalue.TaggedOutput(FAILED, result)
-            elif self._batch_size is None:
-                yield result
             else:
                 batch.append(result)
                 if len(batch) >= self._batch_size:
@@ -312,16 +311,15 @@ ROWS = "rows"
 
 
 class ReadResult(typing.NamedTuple):
-    kept: beam.PCollection  # candidate dicts (lists of them when read with a batch size)
+    kept: beam.PCollection  # lists of candidate dicts (see text/steps.py)
     failed: beam.PCollection  # failure dicts
     rows: beam.PCollection  # rows read per unit (sum them for the input rows)
 
 
 class ReadCandidates(beam.PTransform):
-    """Candidate lists -> ReadResult(kept, failed, rows); with `batch_size`, `kept` holds
-    lists of candidates (see pipeline/steps.py)."""
+    """Candidate lists -> ReadResult(kept: batches of candidates, failed, rows)."""
 
-    def __init__(self, config: ReadConfig, batch_size: int | None = None):
+    def __init__(self, config: ReadConfig, batch_size: int = BATCH_SIZE):
         super().__init__()
         self._config = config
         self._batch_size = batch_size
