@@ -667,10 +667,9 @@ def evaluate(config: EvalConfig) -> dict:
     apply_filesystem_flags(config.filesystem_flags)  # a remote checkpoint or shards
     device = choose_device(config.device)
     checkpoint_file = resolve_checkpoint(config.checkpoint)
-    from apache_beam.io.filesystems import FileSystems
-
-    if not FileSystems.exists(checkpoint_file):
-        raise ConfigError(f"no checkpoint at {checkpoint_file}")
+    if not storage.exists(checkpoint_file):
+        raise ConfigError(f"--checkpoint: no checkpoint at {checkpoint_file} (a .pt file, or "
+                          "a run folder with checkpoints/latest.pt)")
     checkpoint = load_checkpoint(checkpoint_file)
     model, tokenizer = model_from_checkpoint(checkpoint, device)
     results: dict = {"checkpoint": checkpoint_file, "model": model.config.name,

@@ -210,10 +210,6 @@ def default_eval_output(checkpoint_path: str) -> str:
 def eval_config(args, filesystem_flags: Sequence[str]) -> EvalConfig:
     """`openwit eval`'s parsed flags -> EvalConfig; `filesystem_flags` are the Beam flags
     among the arguments (checked by the CLI), for s3:// / gs:// checkpoints and shards."""
-    if not storage.exists(resolve_checkpoint(args.checkpoint)):
-        raise ConfigError(f"--checkpoint {args.checkpoint!r}: no checkpoint there (a "
-                          f".pt file, or a run folder with {CHECKPOINTS_FOLDER}/"
-                          f"{LATEST_CHECKPOINT})")
     return EvalConfig(
         checkpoint=args.checkpoint, dataset=args.dataset, class_names=args.class_names,
         templates=args.templates, retrieval_shards=args.retrieval_shards,

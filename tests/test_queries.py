@@ -397,7 +397,7 @@ def test_offline_default_is_a_real_table(tmp_path, capsys):
     (["queries", "--wordnet", "{tmp}"], "lacks data.noun"),
     (["queries", "--wordfreq", "maybe"], "--wordfreq must be"),
     (["queries", "--wordnet", "none", "--wordfreq", "off"], "no query source"),
-    (["queries", "--min-unigram-cont", "3"], "unknown option(s): --min_unigram_cont"),
+    (["queries", "--min-unigram-cont", "3"], "unknown option(s): --min-unigram-cont"),
     (["queries", "--min-bigram-count", "0"], "--min-bigram-count must be at least 1"),
 ])
 def test_queries_user_errors(tmp_path, capsys, argv, message):

@@ -34,7 +34,7 @@ DOWNLOAD = ["download", "--curated", "{tmp}/curated", "--output", "{tmp}/out"]
 BUILD = ["build", "--candidates", "{tmp}/c.csv", "--output", "{tmp}/out"]
 QUERIES = ["queries", "--wordnet", "none", "--output", "{tmp}/out"]
 TRAIN = ["train", "--shards", "{tmp}/empty", "--output", "{tmp}/run"]
-EVAL = ["eval", "--checkpoint", "{tmp}/run.pt", "--dataset", "{tmp}/empty"]
+EVAL = ["eval", "--checkpoint", "{tmp}/run.pt", "--retrieval-shards", "{tmp}/empty"]
 DEMO = ["demo", "--output", "{tmp}/demo", "--no-train"]
 WEB = ["web", "--output", "{tmp}/web", "--no-serve"]
 REPORT = ["report", "{tmp}/empty"]
@@ -83,7 +83,10 @@ MISTAKES = [
     (TRAIN + ["--model", "huge"], "argument --model: invalid choice: 'huge'"),
     (TRAIN + ["--steps", "3"], "unknown option(s): --steps"),
 
-    (EVAL, "--checkpoint '{tmp}/run.pt': no checkpoint there"),
+    (EVAL, "--checkpoint: no checkpoint at {tmp}/run.pt"),
+    (["eval", "--checkpoint", "{tmp}/run.pt"], "nothing to evaluate"),
+    (EVAL + ["--dataset", "{tmp}/missing"], "--dataset '{tmp}/missing' is not a folder"),
+    (EVAL + ["--retrieval-samples", "0"], "--retrieval-samples and --batch-size must be"),
     (EVAL + ["--batch-size", "many"], "argument --batch-size: invalid int value: 'many'"),
     (EVAL + ["--templatez", "single"], "unknown option(s): --templatez"),
 

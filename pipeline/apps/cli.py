@@ -20,7 +20,6 @@ import os
 import sys
 from typing import Callable
 
-from openwit.pipeline.core.beam import beam_options
 from openwit.pipeline.core.errors import ConfigError
 
 
@@ -79,6 +78,14 @@ def configure_logging(verbose: bool) -> None:
 
 
 # ------------------------------------------------------------------- one pair per command
+
+
+def beam_options(beam_args: list[str]):
+    # Imported here, after logging is configured: importing Beam logs a warning about
+    # optional GCP clients that `configure_logging` filters out.
+    from openwit.pipeline.core.beam import beam_options as checked_options
+
+    return checked_options(beam_args)
 
 
 def curate_flags(parser):
