@@ -73,6 +73,7 @@ UNREADABLE_SHARD = "unreadable_shard"  # opening the shard failed
 # The tar ends inside a member or has a corrupt header: the sample being read and the rest of
 # that shard are lost (one count per shard).
 TRUNCATED_TAR = "truncated_tar"
+OVERSIZED_MEMBER = "oversized_member"  # a tar member larger than MAX_MEMBER_BYTES: skipped
 MISSING_IMAGE = "missing_image"
 MISSING_TEXT = "missing_text"
 BAD_TEXT = "bad_text"  # caption is not UTF-8
@@ -81,7 +82,7 @@ GPU_DECODE_FAILED = "gpu_decode_failed"  # nvjpeg and PIL both failed in the mai
 
 # Errors that mean "this piece of data is bad", as opposed to bugs, which propagate.
 _IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
-_TAR_ERRORS = (tarfile.TarError, OSError, EOFError, ValueError, zlib.error)
+TAR_ERRORS = (tarfile.TarError, OSError, EOFError, ValueError, zlib.error)
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
 
@@ -472,6 +473,11 @@ class TarFormatError(tarfile.ReadError):
 
 _BLOCK = 512
 _REGULAR_FILE_TYPES = (b"0", b"\0", b"7")
+# Every untrusted byte has a limit: no sample file is this large, and a header that says
+# otherwise (a GNU base-256 size of 2^80, a pax size of 10^13) must not become an allocation.
+MAX_MEMBER_BYTES = 256 << 20
+MAX_PAX_BYTES = 1 << 20
+_DISCARD_CHUNK = 1 << 20
 
 
 def _read_exactly(stream: BinaryIO, size: int) -> bytes:
@@ -486,9 +492,20 @@ def _read_exactly(stream: BinaryIO, size: int) -> bytes:
 
 def _octal(field: bytes) -> int:
     if field[:1] and field[0] & 0x80:  # GNU base-256 for sizes of 8 GiB and more
+        if field[0] == 0xFF:
+            raise TarFormatError("negative base-256 number in a tar header")
         return int.from_bytes(field[1:], "big")
     text = field.split(b"\0", 1)[0].strip()
     return int(text, 8) if text else 0
+
+
+def _discard(stream: BinaryIO, size: int) -> None:
+    """Reads past `size` bytes without holding them."""
+    while size > 0:
+        chunk = stream.read(min(size, _DISCARD_CHUNK))
+        if not chunk:
+            raise TarFormatError(f"unexpected end of data ({size} bytes short)")
+        size -= len(chunk)
 
 
 def _pax_records(data: bytes) -> dict[str, str]:
@@ -496,6 +513,8 @@ def _pax_records(data: bytes) -> dict[str, str]:
     while position < len(data) and data[position:position + 1] != b"\0":
         space = data.index(b" ", position)
         length = int(data[position:space])
+        if length <= space - position or position + length > len(data):
+            raise TarFormatError(f"pax record of length {length} at {position}")
         key, _, value = data[space + 1:position + length - 1].partition(b"=")
         records[key.decode("utf-8")] = value.decode("utf-8", "surrogateescape")
         position += length
@@ -507,8 +526,10 @@ def tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
 
     Python's tarfile spends much of its time per member building TarInfo objects (pax headers
     included, which webdataset's TarWriter writes for every member); this reads the headers
-    openwit's shards use directly, at a fraction of the cost. Raises TarFormatError (a tarfile.ReadError)
-    on truncation or a bad header checksum."""
+    openwit's shards use directly, at a fraction of the cost. Raises TarFormatError (a
+    tarfile.ReadError) on truncation, a bad header checksum or an impossible size. A regular
+    member larger than MAX_MEMBER_BYTES is read past, never held, and yielded as (name, None).
+    Nothing is ever written to disk."""
     long_name: str | None = None  # from a pax 'x' or GNU 'L' record: names the next member
     long_size: int | None = None
     while True:
@@ -523,7 +544,17 @@ def tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
             raise TarFormatError("bad tar header checksum")
         type_flag = header[156:157]
         size = long_size if long_size is not None else _octal(header[124:136])
+        if size < 0:
+            raise TarFormatError(f"negative member size {size}")
         padded = -(-size // _BLOCK) * _BLOCK
+        if size > MAX_MEMBER_BYTES or (type_flag in (b"x", b"L") and size > MAX_PAX_BYTES):
+            name = long_name or header[:100].split(b"\0", 1)[0].decode("utf-8",
+                                                                       "surrogateescape")
+            long_name = long_size = None
+            _discard(stream, padded)
+            if type_flag in _REGULAR_FILE_TYPES:
+                yield name, None
+            continue
         if type_flag in _REGULAR_FILE_TYPES:
             name = long_name
             if name is None:
@@ -542,6 +573,8 @@ def tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
                 records = _pax_records(data)
                 long_name = records.get("path", long_name)
                 long_size = int(records["size"]) if "size" in records else long_size
+                if long_size is not None and long_size < 0:
+                    raise TarFormatError(f"negative pax size {long_size}")
         else:  # directories, links, pax globals, GNU long link names: nothing to keep
             _read_exactly(stream, padded)
             long_name = long_size = None
@@ -575,6 +608,10 @@ def samples_from_tars(streams: Iterable[tuple[str, BinaryIO]], context: _WorkerC
                 if match is None:
                     continue  # no extension: not part of any sample
                 key, extension = match.group(1), match.group(2).lower()
+                if data is None:  # read past: larger than any sample file may be
+                    if not context.skip(OVERSIZED_MEMBER, url, key, None):
+                        return
+                    continue
                 if sample is not None and sample["__key__"] != key:
                     produced += 1
                     yield sample
@@ -582,7 +619,7 @@ def samples_from_tars(streams: Iterable[tuple[str, BinaryIO]], context: _WorkerC
                 if sample is None:
                     sample = {"__key__": key, "__url__": url}
                 sample[extension] = data
-        except _TAR_ERRORS as error:
+        except TAR_ERRORS as error:
             if not context.skip(TRUNCATED_TAR, url, sample and sample["__key__"], error):
                 return
             sample = None

@@ -71,6 +71,7 @@ from openwit.model.options import EvalConfig, resolve_checkpoint
 from openwit.model.train import load_checkpoint
 from openwit.pipeline.core import storage
 from openwit.pipeline.core.errors import ConfigError
+from openwit.pipeline.core.secrets import without_secrets
 
 LOGGER = logging.getLogger("openwit")
 
@@ -710,7 +711,7 @@ def evaluate(config: EvalConfig) -> dict:
         results["not_run"] = not_run
     seconds["total"] = time.perf_counter() - started
     results["seconds"] = {name: round(value, 2) for name, value in seconds.items()}
-    results["config"] = dataclasses.asdict(config)
+    results["config"] = without_secrets(config)
     if config.output:
         # Insertion order: readers should see k-shots as 1, 2, 4, 8, 16 and template sets in
         # the order they were asked for.

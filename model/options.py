@@ -44,7 +44,9 @@ class TrainConfig:
     tokenizer: str | None = None  # a tokenizer JSON; default: train one on the shards' captions
     vocab_size: int | None = None  # for a trained tokenizer; default: the model config's
     tokenizer_captions: int = 200_000  # captions read to train the tokenizer
-    filesystem_flags: tuple[str, ...] = ()  # Beam flags for s3:// / gs:// shards
+    # Beam flags for s3:// / gs:// shards; they may hold credentials: never shown or saved
+    # (core/secrets.py).
+    filesystem_flags: tuple[str, ...] = dataclasses.field(default=(), repr=False)
     resume: bool = False
     stop_after_steps: int | None = None  # end this run early (a planned interruption)
     progress: bool = True
@@ -85,7 +87,8 @@ class EvalConfig:
     seed: int = 0
     device: str = "auto"  # auto: cuda if available, else cpu
     output: str | None = None  # results JSON; None: not written
-    filesystem_flags: tuple[str, ...] = ()  # Beam flags for s3:// / gs:// shards
+    # Beam flags for s3:// / gs:// inputs; never shown or saved (core/secrets.py).
+    filesystem_flags: tuple[str, ...] = dataclasses.field(default=(), repr=False)
 
     def __post_init__(self):
         if not self.dataset and not self.retrieval_shards:

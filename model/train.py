@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import time
 
@@ -34,14 +35,21 @@ import numpy as np
 import torch
 
 from openwit.model.config import ModelConfig, model_config
-from openwit.model.data import LoaderConfig, list_shards, make_loader, tar_members
+from openwit.model.data import TAR_ERRORS, LoaderConfig, list_shards, make_loader, tar_members
 from openwit.model.loss import ClipLoss
 from openwit.model.model import build_model, count_parameters
 from openwit.model.options import TrainConfig
 from openwit.model.tokenizer import Tokenizer
 from openwit.pipeline.core import storage
 from openwit.pipeline.core.errors import ConfigError
-from openwit.pipeline.core.layout import CHECKPOINTS_FOLDER, LATEST_CHECKPOINT, METRICS_FILE, TOKENIZER_FILE
+from openwit.pipeline.core.secrets import without_secrets
+from openwit.pipeline.core.layout import (
+    CHECKPOINTS_FOLDER,
+    LATEST_CHECKPOINT,
+    METRICS_FILE,
+    RUN_FILE,
+    TOKENIZER_FILE,
+)
 
 LOGGER = logging.getLogger("openwit")
 CHECKPOINT_FORMAT = 1
@@ -94,13 +102,16 @@ def captions_of(shard_urls, limit: int):
     """The first `limit` captions (the .txt members) of the shards, in shard order."""
     read = 0
     for url in shard_urls:
-        with storage.open_read(url) as stream:
-            for name, data in tar_members(stream):
-                if name.endswith(".txt"):
-                    yield data.decode("utf-8", "replace")
-                    read += 1
-                    if read >= limit:
-                        return
+        try:
+            with storage.open_read(url) as stream:
+                for name, data in tar_members(stream):
+                    if name.endswith(".txt") and data is not None:
+                        yield data.decode("utf-8", "replace")
+                        read += 1
+                        if read >= limit:
+                            return
+        except TAR_ERRORS as error:  # the loader skips and counts the same shard later
+            LOGGER.warning("tokenizer: %s is unreadable past some point (%s)", url, error)
 
 
 def load_or_train_tokenizer(config: TrainConfig, model_cfg: ModelConfig, shard_urls,
@@ -148,13 +159,20 @@ def cosine_with_warmup(warmup_steps: int, total_steps: int):
 
 
 def random_states() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(),
+    """The generators' states as tensors, lists and numbers only, so that a checkpoint loads
+    with `weights_only=True` (no pickled objects)."""
+    version, words, gauss = random.getstate()
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return {"python": [version, list(words), gauss],
+            "numpy": [name, keys.tolist(), int(position), int(has_gauss), float(cached)],
             "torch": torch.get_rng_state()}
 
 
 def restore_random_states(states: dict) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    version, words, gauss = states["python"]
+    random.setstate((version, tuple(words), gauss))
+    name, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
     torch.set_rng_state(states["torch"])
 
 
@@ -167,10 +185,14 @@ def save_checkpoint(path: str, checkpoint: dict) -> None:
 
 
 def load_checkpoint(path: str) -> dict:
-    """A checkpoint as saved (on the CPU). It holds the optimizer and random states, which
-    are not plain tensors, so it must come from a source you trust."""
-    return torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu",
-                      weights_only=False)
+    """A checkpoint as saved (on the CPU). `weights_only=True`: tensors, containers and
+    numbers only, so a checkpoint from someone else cannot run code when it is opened."""
+    try:
+        return torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu",
+                          weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        raise ConfigError(f"{path} is not a checkpoint that loads safely (tensors, containers "
+                          f"and numbers only): {str(err).splitlines()[0][:200]}") from err
 
 
 def checkpoint_path(output: str, name: str = LATEST_CHECKPOINT) -> str:
@@ -291,6 +313,9 @@ def train(config: TrainConfig) -> dict:
                     total_steps, config.batch_size, dist.world_size)
         if not resume_from:
             tokenizer.save(os.path.join(config.output, TOKENIZER_FILE))
+        storage.write_json_atomic(os.path.join(config.output, RUN_FILE), {
+            "train_config": without_secrets(config), "model_config": model_cfg.to_dict(),
+            "world_size": dist.world_size, "total_steps": total_steps})
 
     def checkpoint(at_step: int) -> None:
         if not dist.is_main:
@@ -304,7 +329,7 @@ def train(config: TrainConfig) -> dict:
             "scheduler": scheduler.state_dict(),
             "random": random_states(),
             "model_config": model_cfg.to_dict(),
-            "train_config": dataclasses.asdict(config),
+            "train_config": without_secrets(config),
             "tokenizer": tokenizer.to_str(),
         })
 

@@ -196,3 +196,54 @@ class CapCandidates:
                 return StageResult(kept, dropped)
 
         return _CapCandidates()
+
+
+class RawServer:
+    """A TCP server on `host` (a loopback address) whose handler writes raw bytes, for
+    responses no HTTP library would send: one header byte at a time, endless trailers."""
+
+    def __init__(self, handler, host: str = "127.0.0.1"):
+        import socket
+
+        self._handler = handler
+        self._stop = threading.Event()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, 0))
+        self._sock.listen(16)
+        self._sock.settimeout(0.2)
+        self.port = self._sock.getsockname()[1]
+        shown_host = f"[{host}]" if ":" in host else host
+        self.base_url = f"http://{shown_host}:{self.port}"
+        self.connections = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        import socket
+
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            self.connections += 1
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def _run(self, conn):
+        try:
+            conn.recv(65536)  # the request
+            self._handler(conn, self._stop)
+        except OSError:
+            pass  # the client gave up first: expected in timeout tests
+        finally:
+            conn.close()
+
+    def url(self, path: str = "/x.jpg") -> str:
+        return self.base_url + path
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self._sock.close()

@@ -197,7 +197,7 @@ def test_full_report_embeds_every_plot_and_the_numbers(full_inputs):
     assert page.count("<img ") == len(images)  # every image is an embedded PNG
     # Self-contained: nothing fetched from elsewhere.
     assert not re.search(r'<(link|script)\b|src="(?!data:)|url\(', page)
-    # metrics.jsonl has no batch size and this run has no checkpoint to read it from.
+    # metrics.jsonl has no sample counts and this run has no run.json to read its batch from.
     assert page.count("not available") == 1 and "Loss vs samples seen: not available" in page
     assert "unexpected input format" not in page
     for number in ("12,345", "6,789", "5,556", "42.5"):  # input, written, dropped, wall s

@@ -30,13 +30,12 @@ from openwit.pipeline.core import storage
 from openwit.pipeline.core.errors import ConfigError
 from openwit.pipeline.core.flags import add_output_flag
 from openwit.pipeline.core.layout import (
-    CHECKPOINTS_FOLDER,
     CURATED_FOLDER,
     EVAL_FILE,
     FAILURES_FOLDER,
-    LATEST_CHECKPOINT,
     METRICS_FILE,
     QUERY_COUNTS_FILE,
+    RUN_FILE,
     SHARDS_FOLDER,
     STATS_FILE,
 )
@@ -45,7 +44,6 @@ from openwit.pipeline.core.layout import (
 # argument function, and matplotlib costs a second to import.
 
 REPORT_FILE = "report.html"
-CHECKPOINT_FILE = os.path.join(CHECKPOINTS_FOLDER, LATEST_CHECKPOINT)
 
 # Size statistics need a sample, not the whole corpus: reading stops after the shard that
 # reaches this many rows (shards are read in name order, so the sample is deterministic).
@@ -232,24 +230,17 @@ def load_metrics(run: str) -> list[dict] | Unavailable:
     return sorted(records, key=lambda r: r["step"])
 
 
-def batch_size_from_checkpoint(run: str) -> int | None:
-    """The per-rank batch size from the run's checkpoint, or None.
+def batch_size_from_run_file(run: str) -> int | None:
+    """The per-rank batch size from the run's run.json, or None.
 
-    metrics.jsonl has no sample count, so samples seen = step x batch needs the checkpoint's
-    training config. Local checkpoints only, memory-mapped: a ViT-B checkpoint is gigabytes
-    and only one small entry is wanted.
+    Old metrics.jsonl files have no sample count, so samples seen = step x batch needs the
+    training config; it is read from JSON, never from the checkpoint (opening a pickle from
+    someone's run folder could run their code).
     """
-    path = os.path.join(run, CHECKPOINT_FILE)
-    if not os.path.isfile(path):
-        return None
-    import pickle
-
-    import torch
-
+    settings = _read_json(storage.join(run, RUN_FILE), RUN_FILE)
     try:
-        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-        return int(checkpoint["train_config"]["batch_size"])
-    except (OSError, RuntimeError, KeyError, TypeError, ValueError, pickle.UnpicklingError):
+        return int(settings["train_config"]["batch_size"])
+    except (TypeError, KeyError, ValueError):
         return None
 
 
@@ -1108,7 +1099,7 @@ def render_report(config: ReportConfig) -> str:
     records = load_metrics(config.run) if config.run else None
     batch_size = None
     if isinstance(records, list) and not any("samples" in r for r in records):
-        batch_size = batch_size_from_checkpoint(config.run)
+        batch_size = batch_size_from_run_file(config.run)
     eval_path = config.eval_json
     if eval_path is None and config.run:
         default_eval = storage.join(config.run, EVAL_FILE)

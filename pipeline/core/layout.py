@@ -23,6 +23,7 @@ Three folders have a fixed shape, and each name below is defined here and nowher
         checkpoints/latest.pt          the checkpoint (a plain dict)
         tokenizer.json                 the tokenizer trained on the shards' captions
         metrics.jsonl                  one JSON object per logged step
+        run.json                       the training config, the model config, the ranks
         eval.json                      `openwit eval`'s results
 """
 
@@ -147,5 +148,6 @@ QUERY_TABLE_SCHEMA = pa.schema(
 CHECKPOINTS_FOLDER = "checkpoints"
 LATEST_CHECKPOINT = "latest.pt"
 METRICS_FILE = "metrics.jsonl"
+RUN_FILE = "run.json"  # the run's settings as JSON, for readers that must not unpickle
 TOKENIZER_FILE = "tokenizer.json"  # the trained tokenizer, beside the checkpoints
 EVAL_FILE = "eval.json"

@@ -39,6 +39,8 @@ PHASH_DECODE_SIDE = 64
 # chunk, struct.error or EOFError for short headers...); each becomes a "not an image" failure.
 DECODER_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, struct.error)
 
+FINISH_SLACK_SECONDS = 5.0
+
 RESIZER_ERRORS = {
     "image too small": Reason.IMAGE_TOO_SMALL,
     "image area too large": Reason.IMAGE_TOO_LARGE,
@@ -172,8 +174,18 @@ class DownloadFn(beam.DoFn):
                 yield self._complete(finished)
 
     def finish_bundle(self):
-        for finished in concurrent.futures.as_completed(list(self._in_flight)):
-            output = self._complete(finished)
+        # Every fetch ends by its own deadlines; the bundle still waits no longer than the
+        # in-flight fetches could take in two rounds of the pool (they may queue behind one
+        # another), so that nothing one host does can hold the bundle.
+        bound = 2 * self._fetcher.longest_fetch_seconds + FINISH_SLACK_SECONDS
+        done, stuck = concurrent.futures.wait(list(self._in_flight), timeout=bound)
+        outputs = [self._complete(finished) for finished in done]
+        for future in stuck:
+            future.cancel()
+            shard, candidate = self._in_flight.pop(future)
+            outputs.append(self._fail(shard, candidate, Reason.TIMEOUT,
+                                      f"still in flight {bound:g} s after its bundle ended"))
+        for output in outputs:
             if isinstance(output, beam.pvalue.TaggedOutput):
                 yield beam.pvalue.TaggedOutput(output.tag, in_global_window(output.value))
             else:
@@ -182,6 +194,7 @@ class DownloadFn(beam.DoFn):
 
     def teardown(self):
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._fetcher.close()
 
     def _complete(self, future):
         shard, candidate = self._in_flight.pop(future)

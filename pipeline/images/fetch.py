@@ -7,7 +7,10 @@ holds a thread forever; its retries fire immediately, with no backoff and no Ret
 any size. This module keeps img2dataset's semantics where they matter (its `is_disallowed`
 decides X-Robots-Tag opt-outs, its User-Agent shape carries the bot token) and adds:
 
-- one deadline for the whole response (connect, headers, body), checked between reads;
+- one deadline per attempt, from name resolution to the last byte: resolving, connecting,
+  sending, the status line, the headers, the body and chunked trailers all wait at most until
+  it (every socket read and write re-arms its timeout to what is left); http.client bounds
+  the headers (100 lines of at most 64 KiB);
 - retries only for 429, 5xx and connection errors, after `Retry-After` or exponential backoff;
 - redirects followed by hand, each target checked by the same address policy;
 - a body size limit, checked against Content-Length and while reading;
@@ -17,8 +20,10 @@ decides X-Robots-Tag opt-outs, its User-Agent shape carries the bot token) and a
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import email.utils
+import math
 import http.client
 import ipaddress
 import socket
@@ -90,22 +95,68 @@ def url_block_reason(url: str, allow_private: bool) -> str | None:
     return address_block_reason(host, allow_private)
 
 
-def _guarded_socket(host: str, port: int, timeout: float, allow_private: bool) -> socket.socket:
-    """Resolve, check every address, connect only to an allowed one (no DNS rebinding gap)."""
+def remaining_until(deadline: float) -> float:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError("the response's deadline passed")
+    return remaining
+
+
+class _DeadlineSocket(socket.socket):
+    """A socket whose every read and write waits at most until its `deadline`: a server that
+    sends one byte of a header line every half second is cut off at the deadline, not after
+    a per-read timeout for each byte."""
+
+    deadline = math.inf
+
+    def recv_into(self, buffer, nbytes=0, flags=0):
+        self.settimeout(remaining_until(self.deadline))
+        return super().recv_into(buffer, nbytes, flags)
+
+    def recv(self, bufsize, flags=0):
+        self.settimeout(remaining_until(self.deadline))
+        return super().recv(bufsize, flags)
+
+    def sendall(self, data, flags=0):
+        self.settimeout(remaining_until(self.deadline))
+        return super().sendall(data, flags)
+
+
+class _DeadlineSSLSocket(ssl.SSLSocket):
+    """The TLS layer of a `_DeadlineSocket`: its reads and writes re-arm the same deadline."""
+
+    deadline = math.inf
+
+    def recv_into(self, buffer, nbytes=None, flags=0):
+        self.settimeout(remaining_until(self.deadline))
+        return super().recv_into(buffer, nbytes, flags)
+
+    def sendall(self, data, flags=0):
+        self.settimeout(remaining_until(self.deadline))
+        return super().sendall(data, flags)
+
+
+def _guarded_socket(host: str, port: int, deadline: float, allow_private: bool,
+                    resolve) -> socket.socket:
+    """Resolve, check every address, connect only to an allowed one (no DNS rebinding gap);
+    resolution and every connection attempt share the response's deadline."""
     blocked = []
     last_error: OSError | None = None
-    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+    for family, kind, proto, _, address in resolve(host, port, deadline):
         reason = address_block_reason(address[0], allow_private)
         if reason is not None:
             blocked.append(reason)
             continue
-        sock = socket.socket(family, kind, proto)
-        sock.settimeout(timeout)
+        sock = _DeadlineSocket(family, kind, proto)
+        sock.deadline = deadline
         try:
+            sock.settimeout(remaining_until(deadline))
             sock.connect(address)
             return sock
         except OSError as err:
             sock.close()
+            if isinstance(err, TimeoutError) and time.monotonic() >= deadline:
+                raise
             last_error = err
     if last_error is not None:
         raise last_error
@@ -113,22 +164,30 @@ def _guarded_socket(host: str, port: int, timeout: float, allow_private: bool) -
 
 
 class _GuardedHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, *args, allow_private: bool, **kwargs):
+    def __init__(self, *args, allow_private: bool, deadline: float, resolve, **kwargs):
         super().__init__(*args, **kwargs)
         self._allow_private = allow_private
+        self._deadline = deadline
+        self._resolve = resolve
 
     def connect(self):
-        self.sock = _guarded_socket(self.host, self.port, self.timeout, self._allow_private)
+        self.sock = _guarded_socket(self.host, self.port, self._deadline, self._allow_private,
+                                    self._resolve)
 
 
 class _GuardedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args, allow_private: bool, **kwargs):
+    def __init__(self, *args, allow_private: bool, deadline: float, resolve, **kwargs):
         super().__init__(*args, **kwargs)
         self._allow_private = allow_private
+        self._deadline = deadline
+        self._resolve = resolve
 
     def connect(self):
-        sock = _guarded_socket(self.host, self.port, self.timeout, self._allow_private)
+        sock = _guarded_socket(self.host, self.port, self._deadline, self._allow_private,
+                               self._resolve)
+        sock.settimeout(remaining_until(self._deadline))  # the TLS handshake
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        self.sock.deadline = self._deadline
 
 
 def request_target(parts: urllib.parse.SplitResult) -> str:
@@ -160,10 +219,19 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 class Fetcher:
-    """Thread-safe: holds configuration only, one connection per request."""
+    """Thread-safe: holds configuration, one connection per request, and a pool that resolves
+    names under the response's deadline (`getaddrinfo` itself takes no timeout).
 
-    def __init__(self, config: DownloadConfig, is_disallowed):
+    `getaddrinfo` is injectable so that tests can judge what a name resolves to without a
+    single packet leaving the machine."""
+
+    def __init__(self, config: DownloadConfig, is_disallowed, getaddrinfo=socket.getaddrinfo,
+                 resolver_threads: int | None = None):
         self._config = config
+        self._getaddrinfo = getaddrinfo
+        self._resolver = concurrent.futures.ThreadPoolExecutor(
+            max_workers=resolver_threads or config.threads,
+            thread_name_prefix="openwit-resolve")
         self._is_disallowed = is_disallowed  # img2dataset.downloader.is_disallowed
         self._token = config.user_agent_token.strip().lower()
         self._directives = {d.strip().lower() for d in config.disallowed_directives}
@@ -174,6 +242,30 @@ class Fetcher:
             "Connection": "close",
         }
         self._ssl_context = ssl.create_default_context()
+        self._ssl_context.sslsocket_class = _DeadlineSSLSocket
+
+    def close(self) -> None:
+        self._resolver.shutdown(wait=False, cancel_futures=True)
+
+    def resolve(self, host: str, port: int, deadline: float):
+        """getaddrinfo within the deadline; an IP literal needs no resolver thread."""
+        try:
+            ipaddress.ip_address(host)
+            return self._getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except ValueError:
+            pass
+        future = self._resolver.submit(self._getaddrinfo, host, port, type=socket.SOCK_STREAM)
+        try:
+            return future.result(timeout=remaining_until(deadline))
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"resolving {host} took longer than the deadline") from None
+
+    @property
+    def longest_fetch_seconds(self) -> float:
+        """An upper bound on one `fetch`: every attempt's deadline plus the waits between."""
+        attempts = self._config.retries + 1
+        return attempts * self._config.timeout + self._config.retries * self._config.max_retry_wait
 
     def fetch(self, url: str) -> FetchResult:
         attempts = self._config.retries + 1
@@ -200,9 +292,10 @@ class Fetcher:
             except BlockedAddress as err:
                 reason = Reason.URL_BLOCKED if hop == 0 else Reason.REDIRECT_BLOCKED
                 return FetchResult(None, reason, str(err), final_url=current), None
-            except TimeoutError:
+            except TimeoutError as err:
+                why = f" ({err})" if str(err) else ""
                 return FetchResult(None, Reason.TIMEOUT, f"no complete response within "
-                                   f"{self._config.timeout:g} s", final_url=current), None
+                                   f"{self._config.timeout:g} s{why}", final_url=current), None
             except (ValueError, UnicodeError) as err:  # e.g. a Location no URL parser accepts
                 return FetchResult(None, Reason.INVALID_URL, f"{type(err).__name__}: {err}",
                                    final_url=current), None
@@ -221,17 +314,16 @@ class Fetcher:
 
     def _request(self, url: str, deadline: float):
         parts = urllib.parse.urlsplit(url)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError()
+        remaining = remaining_until(deadline)
         path = request_target(parts)
+        guard = {"allow_private": self._config.allow_private_hosts, "deadline": deadline,
+                 "resolve": self.resolve}
         if parts.scheme.lower() == "https":
             conn = _GuardedHTTPSConnection(parts.hostname, parts.port or 443, timeout=remaining,
-                                           context=self._ssl_context,
-                                           allow_private=self._config.allow_private_hosts)
+                                           context=self._ssl_context, **guard)
         else:
             conn = _GuardedHTTPConnection(parts.hostname, parts.port or 80, timeout=remaining,
-                                          allow_private=self._config.allow_private_hosts)
+                                          **guard)
         host_header = parts.hostname.encode("idna").decode("ascii")
         if ":" in host_header:
             host_header = f"[{host_header}]"
@@ -239,18 +331,15 @@ class Fetcher:
             host_header += f":{parts.port}"
         try:
             conn.request("GET", path, headers={**self._headers, "Host": host_header})
-            # getresponse() hands the socket to the response and clears conn.sock: keep it.
-            sock = conn.sock
-            sock.settimeout(max(0.001, deadline - time.monotonic()))
             response = conn.getresponse()
             try:
-                return self._handle(url, response, sock, deadline)
+                return self._handle(url, response, deadline)
             finally:
                 response.close()
         finally:
             conn.close()
 
-    def _handle(self, url, response, sock, deadline):
+    def _handle(self, url, response, deadline):
         status = response.status
         if status in REDIRECT_STATUSES:
             location = response.getheader("Location")
@@ -271,10 +360,7 @@ class Fetcher:
                                status=status, final_url=url), None
         chunks, size = [], 0
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError()
-            sock.settimeout(remaining)
+            remaining_until(deadline)
             chunk = response.read1(READ_CHUNK)
             if not chunk:
                 break
@@ -284,6 +370,9 @@ class Fetcher:
                                    f"more than {self._config.max_bytes} bytes", status=status,
                                    final_url=url), None
             chunks.append(chunk)
+        # The last read may have been a flood of chunked trailers: success only within the
+        # deadline.
+        remaining_until(deadline)
         if length and length.isdigit() and size < int(length):
             return FetchResult(None, Reason.CONNECTION_ERROR,
                                f"body ended after {size} of {length} bytes", status=status,

@@ -20,6 +20,11 @@ from openwit.pipeline.text.steps import Step
 _WHITESPACE = re.compile(r"\s+")
 # C0/C1 control characters and zero-width marks that alt texts pick up from CMS templates.
 _INVISIBLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\ufeff]")
+# Format characters that separate nothing and would let a caption display differently from
+# what it says: the soft hyphen, bidirectional embeddings, overrides and isolates, the word
+# joiner and invisible operators, and tag characters. Removed, not spaced: "co\u00adoperate"
+# is one word.
+_HIDDEN = re.compile("[\u00ad\u202a-\u202e\u2060-\u2064\u2066-\u2069\U000e0000-\U000e007f]")
 
 
 def normalise_caption(caption: str) -> str:
@@ -39,6 +44,7 @@ def normalise_caption(caption: str) -> str:
                 break
             caption = unescaped
         caption = unicodedata.normalize("NFC", caption)
+    caption = _HIDDEN.sub("", caption)
     caption = _INVISIBLE.sub(" ", caption)
     return _WHITESPACE.sub(" ", caption).strip()
 

@@ -12,7 +12,6 @@ import bz2
 import contextlib
 import csv
 import gzip
-import io
 import json
 import os
 import re
@@ -52,6 +51,12 @@ FORMATS_BY_EXTENSION = {
 }
 COMPRESSED_EXTENSIONS = (".gz", ".bz2")
 FETCHABLE_SCHEMES = ("http", "https")
+# Untrusted lists get size limits: a URL longer than browsers and CDNs accept is no image URL,
+# and a line or field this long is no candidate row (a caption that long is dropped later).
+MAX_URL_CHARS = 8192
+MAX_LINE_BYTES = 1 << 20
+CSV_BLOCK_BYTES = 16 << 20  # pyarrow's CSV reader needs every row to fit in one block
+SHOWN_CHARS = 200  # of a bad row, in its failure record
 
 
 def detect_format(path: str, forced: str | None) -> str:
@@ -85,13 +90,18 @@ def resolve_column(available: list[str], wanted: str | None, defaults: tuple[str
 
 # Most URLs are plain: lower-case http(s) scheme and host, no port, user or fragment. Those are
 # fetchable without a full parse (urlsplit costs a few microseconds per row).
-PLAIN_URL = re.compile(r"https?://[a-z0-9.\-]+/[^#\s]*")
+# Printable ASCII only (no control character, space or fragment): anything else takes the
+# full check.
+PLAIN_URL = re.compile(r"https?://[a-z0-9.\-]+/[!-\"$-~]*")
 _ROW_ID_MASK = 2**63 - 1  # Beam's integer coder is signed 64-bit
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def check_url(url) -> str | None:
     """The reason a URL cannot be fetched at all, or None. Policy checks come at download."""
-    if isinstance(url, str) and PLAIN_URL.fullmatch(url):
+    if isinstance(url, str) and PLAIN_URL.fullmatch(url) and len(url) <= MAX_URL_CHARS:
         return None
     if url is None:
         return Reason.MISSING_URL
@@ -99,6 +109,9 @@ def check_url(url) -> str | None:
         return Reason.INVALID_URL
     if not url.strip():
         return Reason.MISSING_URL
+    url = url.strip()
+    if len(url) > MAX_URL_CHARS or _CONTROL.search(url) or not is_valid_unicode(url):
+        return Reason.INVALID_URL
     try:
         parts = urllib.parse.urlsplit(url.strip())
     except ValueError:
@@ -124,17 +137,53 @@ class RowPlace:
         return f"{self._prefix} {index}"
 
 
+def is_valid_unicode(text: str) -> bool:
+    """False for a string that no file can hold as UTF-8: one with a lone surrogate (JSON's
+    "\\ud800" decodes to one)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown(text: str | None) -> str | None:
+    """A bad row's text as its failure record shows it: valid UTF-8, and short."""
+    if text is None:
+        return None
+    return text[:SHOWN_CHARS].encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+def malformed_row(text: str | None, where: str, why: str, key_source: str | None = None) -> dict:
+    """The failure record of a row that is no candidate; its key hashes `key_source` (the
+    row's file and line) or `where`."""
+    record = {"key": sample_key("", key_source or where), "url": None, "caption": shown(text)}
+    return failure(record, Stage.READ, Reason.MALFORMED_ROW, f"{where}: {why}")
+
+
 def row_to_candidate(url, caption, place: RowPlace, index: int):
     """A candidate dict, or a failure dict (with `stage` set) for a row that cannot be one."""
     if caption is None:
         caption = ""
+    if isinstance(caption, bytes):
+        try:
+            caption = caption.decode("utf-8")
+        except UnicodeDecodeError:
+            return malformed_row(caption.decode("utf-8", "replace"), place.describe(index),
+                                 "caption is not valid UTF-8")
     if not isinstance(caption, str):
         caption = str(caption)
+    if not is_valid_unicode(caption):
+        return malformed_row(caption, place.describe(index),
+                             "caption is not valid Unicode (a lone surrogate)")
     reason = check_url(url)
     if reason is not None:
-        shown_url = url if isinstance(url, str) else None
+        shown_url = shown(url) if isinstance(url, str) else None
         record = {"key": sample_key(shown_url or "", caption), "url": shown_url, "caption": caption}
-        return failure(record, Stage.READ, reason, f"{place.describe(index)}: url={url!r}"[:200])
+        return failure(record, Stage.READ, reason,
+                       shown(f"{place.describe(index)}: url={url!r}"))
     url = url.strip()
     return {"key": sample_key(url, caption), "url": url, "caption": caption,
             "row": place.row_id(index)}
@@ -244,53 +293,70 @@ class ParseUnit(beam.DoFn):
                 ),
                 convert_options=pacsv.ConvertOptions(
                     include_columns=[url_col, caption_col],
-                    column_types={url_col: pa.string(), caption_col: pa.string()},
+                    # Bytes, decoded row by row: one invalid UTF-8 byte must cost its row,
+                    # not the file (pyarrow's string conversion fails the whole batch).
+                    column_types={url_col: pa.binary(), caption_col: pa.binary()},
                     strings_can_be_null=False,
                     quoted_strings_can_be_null=False,
                 ),
-                read_options=pacsv.ReadOptions(use_threads=False),
+                read_options=pacsv.ReadOptions(use_threads=False, block_size=CSV_BLOCK_BYTES),
             )
             row_index = 0
             place = RowPlace(path, "row")
-            for batch in reader:
+            batches = iter(reader)
+            while True:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    break
+                except pa.ArrowInvalid as err:  # e.g. a row larger than a block
+                    yield malformed_row(None, f"{path} after row {row_index}",
+                                        f"the rest of the file cannot be parsed: {err}")
+                    break
                 while bad_rows:
                     yield self._malformed_csv_row(path, bad_rows.pop(0))
                 urls = batch.column(url_col).to_pylist()
                 captions = batch.column(caption_col).to_pylist()
                 for url, caption in zip(urls, captions):
-                    yield row_to_candidate(url or None, caption, place, row_index)
+                    yield text_row(url, caption, place, row_index)
                     row_index += 1
         for row in bad_rows:
             yield self._malformed_csv_row(path, row)
 
     @staticmethod
     def _malformed_csv_row(path, row):
-        record = {"key": sample_key("", f"{path}:{row.number}"), "url": None,
-                  "caption": (row.text or "")[:200]}
-        return failure(record, Stage.READ, Reason.MALFORMED_ROW,
-                       f"{path} line {row.number}: expected {row.expected_columns} fields, "
-                       f"got {row.actual_columns}")
+        return malformed_row(row.text or "", f"{path} line {row.number}",
+                             f"expected {row.expected_columns} fields, got {row.actual_columns}",
+                             key_source=f"{path}:{row.number}")
 
     def _jsonl(self, path, fmt, row_group):
         place = RowPlace(path, "line")
         with self._open(path) as f:
-            for number, line in enumerate(io.TextIOWrapper(f, encoding="utf-8", errors="replace"),
-                                          start=1):
+            for number, data in bounded_lines(f, MAX_LINE_BYTES):
+                where, key_source = f"{path} line {number}", f"{path}:{number}"
+                if data is None:
+                    yield malformed_row(None, where, f"longer than {MAX_LINE_BYTES} bytes",
+                                        key_source)
+                    continue
+                try:
+                    line = data.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    yield malformed_row(data.decode("utf-8", "replace"), where,
+                                        f"not valid UTF-8 ({err.reason} at byte {err.start})",
+                                        key_source)
+                    continue
                 if not line.strip():
                     continue
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as err:
-                    record = {"key": sample_key("", f"{path}:{number}"), "url": None,
-                              "caption": line[:200]}
-                    yield failure(record, Stage.READ, Reason.MALFORMED_ROW,
-                                  f"{path} line {number}: {err}")
+                    yield malformed_row(line, where, str(err), key_source)
+                    continue
+                except RecursionError:
+                    yield malformed_row(line, where, "nested too deeply", key_source)
                     continue
                 if not isinstance(row, dict):
-                    record = {"key": sample_key("", f"{path}:{number}"), "url": None,
-                              "caption": line[:200]}
-                    yield failure(record, Stage.READ, Reason.MALFORMED_ROW,
-                                  f"{path} line {number}: not a JSON object")
+                    yield malformed_row(line, where, "not a JSON object", key_source)
                     continue
                 names = list(row)
                 url_col = _first_present(names, self._config.url_column, URL_COLUMNS)
@@ -298,6 +364,36 @@ class ParseUnit(beam.DoFn):
                 yield row_to_candidate(row.get(url_col) if url_col else None,
                                        row.get(caption_col) if caption_col else None,
                                        place, number)
+
+
+def text_row(url: bytes | None, caption: bytes | None, place: RowPlace, index: int):
+    """A row of a text file, its fields as bytes -> a candidate or a failure dict."""
+    if url is not None:
+        try:
+            url = url.decode("utf-8")
+        except UnicodeDecodeError:
+            return malformed_row(url.decode("utf-8", "replace"), place.describe(index),
+                                 "url is not valid UTF-8")
+    return row_to_candidate(url or None, caption, place, index)
+
+
+def bounded_lines(stream, limit: int):
+    """(line number, bytes) of each line; (number, None) for a line longer than `limit`,
+    which is skipped without ever being held whole."""
+    number = 0
+    while True:
+        line = stream.readline(limit + 1)
+        if not line:
+            return
+        number += 1
+        if len(line) > limit and not line.endswith(b"\n"):
+            while True:
+                rest = stream.readline(limit)
+                if not rest or rest.endswith(b"\n"):
+                    break
+            yield number, None
+            continue
+        yield number, line
 
 
 def _first_present(names: list[str], wanted: str | None, defaults: tuple[str, ...]) -> str | None:
