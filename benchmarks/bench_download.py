@@ -64,7 +64,7 @@ def run_img2dataset(candidates: str, output: str) -> tuple[float, int]:
 def run_openwit(candidates: str, output: str, runner_args: list[str]) -> tuple[float, int]:
     command = [
         os.path.join(VENV_BIN, "openwit"), "build", "--candidates", candidates,
-        "--output", output, "--languages", "any", "--allow-private-hosts", "true",
+        "--output", output, "--languages", "any", "--allow-network", "127.0.0.1/32",
         "--timeout", "3", "--retries", "2", "--download-threads", "32",
         "--samples-per-shard", "1000", *runner_args,
     ]

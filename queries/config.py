@@ -138,10 +138,10 @@ def add_queries_flags(parser) -> None:
     w, t, f = WikipediaConfig(), TitleConfig(), WordfreqConfig()
     g = parser.add_argument_group("sources")
     add_flag(g, "--wikipedia-dump", action="append", default=None,
-                   metavar="PATH",
-                   help="MediaWiki pages-articles XML dump (plain, .bz2 or .gz; a file or glob, "
-                        "local or s3:// / gs://); repeat for multi-part dumps. Gives unigrams, "
-                        "bigrams and article titles")
+             metavar="PATH",
+             help="MediaWiki pages-articles XML dump (plain, .bz2 or .gz; a file or glob, "
+                  "local or s3:// / gs://); repeat for multi-part dumps. Gives unigrams, "
+                  "bigrams and article titles")
     g.add_argument("--pageviews", action="append", default=None, metavar="PATH",
                    help="public pageview dump files (hourly pageviews-*.gz or daily "
                         "pageviews-complete); filters titles by views, or gives titles alone")
@@ -149,42 +149,42 @@ def add_queries_flags(parser) -> None:
                    help=f"WordNet database folder (default {DEFAULT_WORDNET_FOLDER} when "
                         "installed; 'none' to leave WordNet out)")
     add_flag(g, "--wordnet-lemmas", default="all",
-                   help="all: every lemma of every synset (default); head: the synset's first "
-                        "lemma, as MetaCLIP took it")
+             help="all: every lemma of every synset (default); head: the synset's first "
+                  "lemma, as MetaCLIP took it")
     g.add_argument("--wordfreq", default="auto",
                    help="unigrams from the wordfreq package's word list: auto (default: when no "
                         "dump is given), on, off")
     add_flag(g, "--extra-queries", action="append", default=None,
-                   metavar="PATH", help="queries to add: text (one per line) or parquet with a "
-                                        "`query` column; repeat for several")
+             metavar="PATH", help="queries to add: text (one per line) or parquet with a "
+                                  "`query` column; repeat for several")
     add_flag(g, "--stop-list", action="append", default=None, metavar="PATH",
-                   help="queries to leave out, same formats; wins over every source")
+             help="queries to leave out, same formats; wins over every source")
 
     g = parser.add_argument_group("thresholds (defaults: the paper's / MetaCLIP's values)")
     add_flag(g, "--min-unigram-count", type=int,
-                   default=w.min_unigram_count)
+             default=w.min_unigram_count)
     add_flag(g, "--min-bigram-count", type=int,
-                   default=w.min_bigram_count, help="bigrams scored for PMI")
+             default=w.min_bigram_count, help="bigrams scored for PMI")
     add_flag(g, "--min-bigram-pmi", type=float, default=w.min_bigram_pmi,
-                   help="log2 PMI; a corpus of N words cannot exceed log2(N), so a small dump "
-                        "needs a lower value")
+             help="log2 PMI; a corpus of N words cannot exceed log2(N), so a small dump "
+                  "needs a lower value")
     add_flag(g, "--min-title-views", type=int, default=t.min_views)
     add_flag(g, "--min-pageview-line-views", type=int,
-                   default=t.min_line_views,
-                   help="pageview lines (an hour, or a day in daily files) below this are ignored")
+             default=t.min_line_views,
+             help="pageview lines (an hour, or a day in daily files) below this are ignored")
     add_flag(g, "--wiki-project", default=t.project,
-                   help="language code of the wiki whose page views count (default en)")
+             help="language code of the wiki whose page views count (default en)")
     add_flag(g, "--keep-title-disambiguation",
-                   type=parse_flag, default=False,
-                   help="keep \"(planet)\" in \"Mercury (planet)\" (default false)")
+             type=parse_flag, default=False,
+             help="keep \"(planet)\" in \"Mercury (planet)\" (default false)")
     add_flag(g, "--wordfreq-min-zipf", type=float, default=f.min_zipf,
-                   help="1.4 ~ 100 occurrences in English Wikipedia's ~4 billion words")
+             help="1.4 ~ 100 occurrences in English Wikipedia's ~4 billion words")
     add_flag(g, "--wordfreq-language", default=f.language)
     add_flag(g, "--case-sensitive", type=parse_flag, default=False,
-                   help="count and deduplicate case-sensitively (default false)")
+             help="count and deduplicate case-sensitively (default false)")
 
     g = parser.add_argument_group("output")
     add_output_flag(g, help=f"output folder (default {DEFAULT_OUTPUT}; local, s3:// or gs://)")
     add_flag(g, "--count-cache-keys", type=int,
-                   default=w.max_cached_keys,
-                   help="n-grams a worker sums locally before handing them to Beam's combine")
+             default=w.max_cached_keys,
+             help="n-grams a worker sums locally before handing them to Beam's combine")

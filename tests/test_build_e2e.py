@@ -47,7 +47,7 @@ def web(tmp_path_factory):
 
 def build_args(web, output, *extra):
     return ["build", "--candidates", str(web.candidates_path), "--queries", str(web.queries_path),
-            "--output", str(output), "--allow-private-hosts", "true", "--timeout", "2",
+            "--output", str(output), "--allow-network", "127.0.0.1/32", "--timeout", "2",
             "--samples-per-shard", "60", "--download-threads", "16", *extra]
 
 
@@ -246,7 +246,7 @@ def test_curate_then_download_equals_build(web, corpus, tmp_path):
     common = ["--candidates", str(web.candidates_path), "--queries", str(web.queries_path)]
     assert main(["curate", *common, "--output", str(curated)]) == 0
     assert main(["download", "--curated", str(curated), "--output", str(curated),
-                 "--allow-private-hosts", "true", "--timeout", "2", "--samples-per-shard", "60",
+                 "--allow-network", "127.0.0.1/32", "--timeout", "2", "--samples-per-shard", "60",
                  "--download-threads", "16"]) == 0
     for name in sorted(os.listdir(corpus / "shards")):
         if name.endswith((".tar", ".parquet", "sizes.json")):

@@ -371,7 +371,7 @@ def test_openwit_build_accepts_the_table(tmp_path, site):
     corpus = tmp_path / "corpus"
     assert main(["build", "--candidates", str(tmp_path / "c.csv"), "--queries",
                  str(out / "queries.parquet"), "--output", str(corpus), "--languages", "any",
-                 "--allow-private-hosts", "true"]) == 0
+                 "--allow-network", "127.0.0.1/32"]) == 0
     stats = json.loads((corpus / "stats.json").read_text())
     assert stats["written"] == 1
     samples = pq.read_table(corpus / "shards" / "000000.parquet").to_pylist()

@@ -20,7 +20,7 @@ def test_build_from_and_to_s3(s3, tmp_path):
         assert main([
             "build", "--candidates", "s3://corpus/lists/part-*.parquet",
             "--queries", "s3://corpus/lists/queries.txt", "--output", "s3://corpus/out",
-            "--allow-private-hosts", "true", "--timeout", "2", "--samples-per-shard", "40",
+            "--allow-network", "127.0.0.1/32", "--timeout", "2", "--samples-per-shard", "40",
             "--s3_endpoint_url", endpoint, "--s3_access_key_id", "test",
             "--s3_secret_access_key", "test", "--s3_region_name", "us-east-1",
         ]) == 0

@@ -33,7 +33,7 @@ def test_a_sentinel_secret_appears_in_no_output(tmp_path, capfd):
     pytest.importorskip("torch")
     world = WorldConfig(samples=200, seed=0, slow_seconds=2.0, eval_images_per_class=2)
     with MiniWeb(world, tmp_path / "web") as web:
-        common = ["--allow-private-hosts", "true", "--timeout", "2", "--samples-per-shard", "40"]
+        common = ["--allow-network", "127.0.0.1/32", "--timeout", "2", "--samples-per-shard", "40"]
         corpus = tmp_path / "corpus"
         assert main(["build", "--candidates", str(web.candidates_path), "--queries",
                      str(web.queries_path), "--output", str(corpus), *common,

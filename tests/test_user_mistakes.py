@@ -64,6 +64,7 @@ MISTAKES = [
      "matches no file"),
     (BUILD + ["--image-size", "big"], "argument --image-size: invalid int value: 'big'"),
     (BUILD + ["--allow-private-hosts", "maybe"], "expected true/false, got 'maybe'"),
+    (BUILD + ["--allow-network", "127.0.0.1/33"], "--allow-network: '127.0.0.1/33' is not a"),
     (BUILD + ["--runer", "DirectRunner"], "unknown option(s): --runer"),
     (["build", "--candidates", "{tmp}/c.csv"], "--output is required"),
 

@@ -145,8 +145,9 @@ def build_argv(config: DemoConfig, web, output: str, cap: int) -> list[str]:
         "--samples-per-shard", str(config.samples_per_shard),
         "--seed", str(config.seed),
         "--timeout", str(config.download_timeout),
-        # The mini-web lives on 127.0.0.1, which a crawler refuses by default.
-        "--allow-private-hosts", "true",
+        # The mini-web lives on 127.0.0.1, which a crawler refuses by default: let exactly
+        # that address through.
+        "--allow-network", "127.0.0.1/32",
     ]
 
 

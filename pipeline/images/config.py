@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import math
 
 from openwit.pipeline.core.errors import ConfigError
@@ -33,7 +34,8 @@ class DownloadConfig:
     max_bytes: int = 30 * 1024 * 1024
     user_agent_token: str = "openwit"
     disallowed_directives: tuple[str, ...] = DEFAULT_DISALLOWED_DIRECTIVES
-    allow_private_hosts: bool = False  # loopback/private/link-local targets; the mini-web needs it
+    allow_private_hosts: bool = False  # every loopback/private/link-local target (broad)
+    allowed_networks: tuple[str, ...] = ()  # CIDRs let through whatever they are (narrow)
     image_size: int = 256
     resize_mode: str = "border"  # img2dataset's: no, keep_ratio, keep_ratio_largest, center_crop, border
     resize_only_if_bigger: bool = False
@@ -83,6 +85,12 @@ class ImageHalfConfig:
             raise ConfigError("--image-size must be at least 1")
         if not 0 <= d.encode_quality <= 100:
             raise ConfigError("--encode-quality must be in [0, 100]")
+        for network in d.allowed_networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ConfigError(f"--allow-network: {network!r} is not a network (CIDR, e.g. "
+                                  "127.0.0.1/32)") from None
         if d.max_aspect_ratio < 1 or math.isnan(d.max_aspect_ratio):
             raise ConfigError("--max-aspect-ratio must be at least 1")
 
@@ -100,14 +108,17 @@ def add_download_stage_flags(parser: argparse.ArgumentParser) -> None:
                    help="retries after 429, 5xx and connection errors, with backoff")
     add_flag(g, "--max-redirects", type=int, default=d.max_redirects)
     add_flag(g, "--max-download-mb", type=int,
-                   default=d.max_bytes // (1024 * 1024))
+             default=d.max_bytes // (1024 * 1024))
     add_flag(g, "--user-agent-token", default=d.user_agent_token,
-                   help="bot token in the User-Agent; X-Robots-Tag directives scoped to it apply")
+             help="bot token in the User-Agent; X-Robots-Tag directives scoped to it apply")
     add_flag(g, "--disallowed-header-directives",
-                   default=",".join(d.disallowed_directives))
+             default=",".join(d.disallowed_directives))
+    add_flag(g, "--allow-network", default="", metavar="CIDR[,CIDR...]",
+             help="let exactly these networks through the address policy, e.g. 127.0.0.1/32 "
+                  "for a server on this machine; everything else is judged as usual")
     add_flag(g, "--allow-private-hosts", type=parse_flag, default=False,
-                   help="allow loopback/private/link-local targets (off: a crawler on a cloud "
-                        "worker must not reach its metadata server)")
+             help="allow loopback/private/link-local targets (off: a crawler on a cloud "
+                  "worker must not reach its metadata server)")
     g = parser.add_argument_group("images")
     add_flag(g, "--image-size", type=int, default=d.image_size)
     add_flag(g, "--resize-mode", default=d.resize_mode, choices=RESIZE_MODES)
@@ -118,8 +129,8 @@ def add_download_stage_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(g, "--max-aspect-ratio", type=float, default=d.max_aspect_ratio)
     g = parser.add_argument_group("shards")
     add_flag(g, "--samples-per-shard", type=int,
-                   default=ShardConfig.samples_per_shard,
-                   help="candidates per shard before download (img2dataset's convention)")
+             default=ShardConfig.samples_per_shard,
+             help="candidates per shard before download (img2dataset's convention)")
 
 
 def add_download_flags(parser: argparse.ArgumentParser) -> None:
@@ -155,6 +166,7 @@ def image_half_config(args: argparse.Namespace, default_cap: int) -> ImageHalfCo
                 if d.strip()
             ),
             allow_private_hosts=args.allow_private_hosts,
+            allowed_networks=tuple(n.strip() for n in args.allow_network.split(",") if n.strip()),
             image_size=args.image_size,
             resize_mode=args.resize_mode,
             resize_only_if_bigger=args.resize_only_if_bigger,

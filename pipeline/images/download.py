@@ -100,6 +100,7 @@ class ImageProcessor:
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 with Image.open(io.BytesIO(data)) as header:
                     image_format, (width, height) = header.format, header.size
+                    needs_pillow = needs_pillow_decode(header)
         except Image.DecompressionBombError as err:
             return None, (Reason.IMAGE_TOO_LARGE, str(err))
         except DECODER_ERRORS as err:  # UnidentifiedImageError is an OSError
@@ -108,9 +109,17 @@ class ImageProcessor:
             return None, (Reason.IMAGE_TOO_LARGE, f"{width}x{height} pixels")
         if not is_complete(image_format, data):
             return None, (Reason.TRUNCATED_IMAGE, f"{image_format} without its end marker")
-        encoded, width, height, original_width, original_height, error = self._resize(
-            io.BytesIO(data)
-        )
+        pixels = data
+        # A decoder that meets hostile bytes can raise almost anything; each is this
+        # candidate's counted decode_error, never the bundle's failure.
+        try:
+            if needs_pillow:
+                pixels = plain_rgb_png(data)
+            encoded, width, height, original_width, original_height, error = self._resize(
+                io.BytesIO(pixels)
+            )
+        except Exception as err:  # noqa: BLE001 (see above)
+            return None, (Reason.DECODE_ERROR, f"{type(err).__name__}: {without_addresses(err)}")
         if error is not None:
             return None, (RESIZER_ERRORS.get(error, Reason.DECODE_ERROR), error)
         return {
@@ -123,6 +132,57 @@ class ImageProcessor:
             "sha256": hashlib.sha256(data).hexdigest(),
             "phash": perceptual_hash(encoded),
         }, None
+
+
+# What img2dataset's Resizer (OpenCV's decoder) gets right by itself: 8-bit RGB or grey,
+# upright, one frame. Anything else is decoded by Pillow first (`plain_rgb_png`).
+PLAIN_MODES = ("RGB", "L")
+EXIF_ORIENTATION = 0x0112
+
+
+def needs_pillow_decode(image) -> bool:
+    """True for images OpenCV would store wrongly: 16-bit or float pixels (saturated to
+    white), a palette, an alpha channel (matted in float64, gigabytes near the area limit),
+    CMYK, an EXIF orientation other than upright (ignored), or several frames."""
+    if image.mode not in PLAIN_MODES or getattr(image, "n_frames", 1) > 1:
+        return True
+    try:
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    except DECODER_ERRORS:
+        return False
+    return orientation not in (None, 1)
+
+
+def plain_rgb_png(data: bytes) -> bytes:
+    """The image as the Resizer should see it, losslessly as PNG: the first frame (animated
+    GIF, APNG, WebP), turned upright by its EXIF orientation, 16-bit and float pixels scaled
+    to 8 bits, palettes expanded, alpha composited on white in 8-bit arithmetic (4 bytes a
+    pixel at most, where OpenCV's path holds float64 copies), CMYK and the rest as RGB."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(data)) as image:
+        image.seek(0)
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+            values = np.asarray(image, dtype=np.uint32)
+            image = Image.fromarray((np.minimum(values, 65535) >> 8).astype(np.uint8), "L")
+        elif image.mode == "F":
+            values = np.nan_to_num(np.asarray(image, dtype=np.float32))
+            image = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), "L")
+        if image.mode in ("P", "PA"):
+            image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info
+                                  else "RGB")
+        if image.mode in ("RGBA", "LA", "La", "RGBa"):
+            rgba = image.convert("RGBA")
+            flat = Image.new("RGB", rgba.size, (255, 255, 255))
+            flat.paste(rgba, mask=rgba.getchannel("A"))
+            image = flat
+        elif image.mode not in PLAIN_MODES:
+            image = image.convert("RGB")
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG", compress_level=1)
+    return buffer.getvalue()
 
 
 def perceptual_hash(jpeg: bytes) -> str:

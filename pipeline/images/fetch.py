@@ -54,13 +54,55 @@ class BlockedAddress(Exception):
     """The host resolved only to addresses the policy forbids."""
 
 
-def address_block_reason(address: str, allow_private: bool) -> str | None:
-    """Why a connection to this IP must not be made, or None. Pure: opens nothing."""
+NAT64_NETWORKS = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address reaches through a translation or a tunnel:
+    IPv4-mapped, 6to4 (2002::/16), Teredo (2001::/32: its server and its client) and NAT64
+    (64:ff9b::/96, 64:ff9b:1::/48)."""
+    found = []
+    if ip.ipv4_mapped is not None:
+        found.append(ip.ipv4_mapped)
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found += list(ip.teredo)
+    if any(ip in network for network in NAT64_NETWORKS):
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return found
+
+
+def parse_networks(specs) -> tuple:
+    """CIDR strings -> ip_network objects; a bare address is a /32 or /128."""
+    return tuple(ipaddress.ip_network(spec.strip(), strict=False) for spec in specs if spec.strip())
+
+
+def address_block_reason(address: str, allow_private: bool = False,
+                         allowed_networks: tuple = ()) -> str | None:
+    """Why a connection to this IP must not be made, or None. Pure: opens nothing.
+
+    `allowed_networks` (ip_network objects, `--allow-network`) lets exactly those networks
+    through, whatever they are; everything else is judged as usual. An IPv6 address that
+    reaches an IPv4 one (mapped, 6to4, Teredo, NAT64) is judged by that address too."""
     ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    judged = [ip]
+    if isinstance(ip, ipaddress.IPv6Address):
+        judged = embedded_ipv4(ip) or [ip]
+    for candidate in judged:
+        reason = _one_address_reason(candidate, allow_private, allowed_networks)
+        if reason is not None:
+            return reason if candidate == ip else f"{ip} reaches {reason}"
+    return None
+
+
+def _one_address_reason(ip, allow_private: bool, allowed_networks: tuple) -> str | None:
+    if any(ip.version == network.version and ip in network for network in allowed_networks):
+        return None
     if ip.is_multicast or ip.is_unspecified or (ip.is_reserved and not ip.is_private):
         return f"{ip} is a multicast, unspecified or reserved address"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:
+        return f"{ip} is a site-local address (fec0::/10)"
     if allow_private:
         return None
     if ip.is_loopback:
@@ -72,7 +114,8 @@ def address_block_reason(address: str, allow_private: bool) -> str | None:
     return None
 
 
-def url_block_reason(url: str, allow_private: bool) -> str | None:
+def url_block_reason(url: str, allow_private: bool = False,
+                     allowed_networks: tuple = ()) -> str | None:
     """Why this URL must not be fetched, decided without any network traffic, or None."""
     try:
         parts = urllib.parse.urlsplit(url)
@@ -89,10 +132,11 @@ def url_block_reason(url: str, allow_private: bool) -> str | None:
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        if not allow_private and (host == "localhost" or host.endswith(".localhost")):
+        if (not allow_private and not allowed_networks
+                and (host == "localhost" or host.endswith(".localhost"))):
             return f"{host} names the local machine"
         return None  # a host name: its addresses are checked when connecting
-    return address_block_reason(host, allow_private)
+    return address_block_reason(host, allow_private, allowed_networks)
 
 
 def remaining_until(deadline: float) -> float:
@@ -136,14 +180,14 @@ class _DeadlineSSLSocket(ssl.SSLSocket):
         return super().sendall(data, flags)
 
 
-def _guarded_socket(host: str, port: int, deadline: float, allow_private: bool,
+def _guarded_socket(host: str, port: int, deadline: float, policy: dict,
                     resolve) -> socket.socket:
     """Resolve, check every address, connect only to an allowed one (no DNS rebinding gap);
     resolution and every connection attempt share the response's deadline."""
     blocked = []
     last_error: OSError | None = None
     for family, kind, proto, _, address in resolve(host, port, deadline):
-        reason = address_block_reason(address[0], allow_private)
+        reason = address_block_reason(address[0], **policy)
         if reason is not None:
             blocked.append(reason)
             continue
@@ -164,26 +208,26 @@ def _guarded_socket(host: str, port: int, deadline: float, allow_private: bool,
 
 
 class _GuardedHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, *args, allow_private: bool, deadline: float, resolve, **kwargs):
+    def __init__(self, *args, policy: dict, deadline: float, resolve, **kwargs):
         super().__init__(*args, **kwargs)
-        self._allow_private = allow_private
+        self._policy = policy
         self._deadline = deadline
         self._resolve = resolve
 
     def connect(self):
-        self.sock = _guarded_socket(self.host, self.port, self._deadline, self._allow_private,
+        self.sock = _guarded_socket(self.host, self.port, self._deadline, self._policy,
                                     self._resolve)
 
 
 class _GuardedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args, allow_private: bool, deadline: float, resolve, **kwargs):
+    def __init__(self, *args, policy: dict, deadline: float, resolve, **kwargs):
         super().__init__(*args, **kwargs)
-        self._allow_private = allow_private
+        self._policy = policy
         self._deadline = deadline
         self._resolve = resolve
 
     def connect(self):
-        sock = _guarded_socket(self.host, self.port, self._deadline, self._allow_private,
+        sock = _guarded_socket(self.host, self.port, self._deadline, self._policy,
                                self._resolve)
         sock.settimeout(remaining_until(self._deadline))  # the TLS handshake
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
@@ -243,6 +287,8 @@ class Fetcher:
         }
         self._ssl_context = ssl.create_default_context()
         self._ssl_context.sslsocket_class = _DeadlineSSLSocket
+        self._policy = {"allow_private": config.allow_private_hosts,
+                        "allowed_networks": parse_networks(config.allowed_networks)}
 
     def close(self) -> None:
         self._resolver.shutdown(wait=False, cancel_futures=True)
@@ -283,7 +329,7 @@ class Fetcher:
         deadline = time.monotonic() + self._config.timeout
         current = url
         for hop in range(self._config.max_redirects + 1):
-            block = url_block_reason(current, self._config.allow_private_hosts)
+            block = url_block_reason(current, **self._policy)
             if block is not None:
                 reason = Reason.URL_BLOCKED if hop == 0 else Reason.REDIRECT_BLOCKED
                 return FetchResult(None, reason, block, final_url=current), None
@@ -316,8 +362,7 @@ class Fetcher:
         parts = urllib.parse.urlsplit(url)
         remaining = remaining_until(deadline)
         path = request_target(parts)
-        guard = {"allow_private": self._config.allow_private_hosts, "deadline": deadline,
-                 "resolve": self.resolve}
+        guard = {"policy": self._policy, "deadline": deadline, "resolve": self.resolve}
         if parts.scheme.lower() == "https":
             conn = _GuardedHTTPSConnection(parts.hostname, parts.port or 443, timeout=remaining,
                                            context=self._ssl_context, **guard)

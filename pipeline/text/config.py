@@ -97,11 +97,11 @@ def add_input_flags(parser: argparse.ArgumentParser) -> None:
                    help="candidate list(s): parquet, csv, tsv or jsonl; a file or a glob, local or "
                         "any Beam filesystem (s3://, gs://); repeat for several")
     add_flag(g, "--input-format", default=None, choices=INPUT_FORMATS,
-                   help="force the format (default: from each file's extension)")
+             help="force the format (default: from each file's extension)")
     add_flag(g, "--url-col", default=None,
-                   help="URL column (default: the first of url, URL, image_url, link)")
+             help="URL column (default: the first of url, URL, image_url, link)")
     add_flag(g, "--caption-col", default=None,
-                   help="caption column (default: the first of caption, TEXT, text, alt, alt_text)")
+             help="caption column (default: the first of caption, TEXT, text, alt, alt_text)")
 
 
 def add_text_flags(parser: argparse.ArgumentParser) -> None:
@@ -111,16 +111,16 @@ def add_text_flags(parser: argparse.ArgumentParser) -> None:
                         "metadata.json) or parquet with a `query` column; without it every "
                         "caption is kept and nothing is balanced")
     add_flag(g, "--case-sensitive", type=parse_flag, default=False,
-                   help="match queries case-sensitively (default false)")
+             help="match queries case-sensitively (default false)")
     add_flag(g, "--match-mode", default="word", choices=MATCH_MODES,
-                   help="word: whole words, punctuation-aware, case-folded; metaclip: MetaCLIP's "
-                        "reference substring semantics, case-sensitive (default word)")
+             help="word: whole words, punctuation-aware, case-folded; metaclip: MetaCLIP's "
+                  "reference substring semantics, case-sensitive (default word)")
     add_flag(g, "--max-caption-chars", type=int,
-                   default=NormaliseConfig.max_caption_chars)
+             default=NormaliseConfig.max_caption_chars)
     g.add_argument("--languages", default="en",
                    help="comma-separated ISO 639-1 codes to keep, or 'any' (default: en)")
     add_flag(g, "--min-language-prob", type=float,
-                   default=LanguageConfig.min_probability)
+             default=LanguageConfig.min_probability)
     add_per_query_cap_flag(g, help=f"at most this many samples per query (default "
                                    f"{DEFAULT_PER_QUERY_CAP}, as in the CLIP paper)")
     g.add_argument("--oversample", type=float, default=BalanceConfig.oversample,
