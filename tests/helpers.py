@@ -247,3 +247,33 @@ class RawServer:
         self._stop.set()
         self._thread.join(timeout=2)
         self._sock.close()
+
+
+def assert_accounted(output) -> dict:
+    """Every candidate read ends as a sample written or as a failure record, by reason:
+    stats.json's input rows = samples in the shards (or curated rows) + failure records, and
+    its failures by reason are exactly the records' reasons. Returns the counts."""
+    import collections
+    import glob
+    import json
+
+    import pyarrow.parquet as pq
+
+    stats = json.loads((output / "stats.json").read_text())
+    records = collections.Counter()
+    for path in glob.glob(str(output / "failures" / "*.parquet")):
+        records.update(pq.read_table(path, columns=["reason"]).column("reason").to_pylist())
+    sizes = output / "shards" / "sizes.json"
+    if sizes.exists():
+        kept = sum(json.loads(sizes.read_text()).values())
+        assert kept == stats["written"], (kept, stats["written"])
+    else:
+        kept = sum(pq.read_metadata(path).num_rows
+                   for path in glob.glob(str(output / "curated.parquet" / "*.parquet")))
+        assert kept == stats["curated"], (kept, stats["curated"])
+    by_reason = {reason: n for reason, n in stats["failures_by_reason"].items() if n}
+    assert dict(records) == by_reason, (dict(records), by_reason)
+    assert stats["input_rows"] == kept + sum(records.values()), (
+        stats["input_rows"], kept, sum(records.values()))
+    assert not stats.get("accounting_problems")
+    return {"input_rows": stats["input_rows"], "kept": kept, "failures": dict(records)}

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
+from helpers import assert_accounted
 from openwit.pipeline.apps.cli import main
 from openwit.pipeline.apps.miniweb import MiniWeb, WorldConfig
 from openwit.pipeline.core.records import Reason, Stage, sample_key
@@ -88,6 +89,18 @@ def test_every_row_is_written_or_failed_exactly_once(web, corpus):
     assert stats["input_rows"] == len(truth_rows(web))
     assert stats["written"] == len(written)
     assert stats["accounting_problems"] == []
+    assert_accounted(corpus)
+
+
+def test_a_candidate_lost_on_purpose_fails_the_accounting(corpus, tmp_path):
+    """The check above can fail: drop one failure record and it does."""
+    lossy = tmp_path / "lossy"
+    shutil.copytree(corpus, lossy)
+    path = sorted((lossy / "failures").glob("shard-*.parquet"))[0]
+    table = pq.read_table(path)
+    pq.write_table(table.slice(1), path)
+    with pytest.raises(AssertionError):
+        assert_accounted(lossy)
 
 
 def test_pathologies_end_with_the_right_reason(web, corpus):
@@ -254,6 +267,7 @@ def test_curate_then_download_equals_build(web, corpus, tmp_path):
                 (curated / "shards" / name).read_bytes(), name
     stats = json.loads((curated / "stats.json").read_text())
     assert stats["accounting_problems"] == []
+    assert_accounted(curated)
     assert [s["stage"] for s in stats["stages"]] == list(Stage.ORDER)
     assert stats["written"] == json.loads((corpus / "stats.json").read_text())["written"]
 
@@ -267,6 +281,7 @@ def test_exact_cap_after_download(web, tmp_path):
     cap_stage = stats["stages"][-1]
     assert cap_stage["stage"] == Stage.CAP and cap_stage["dropped"][Reason.OVER_QUERY_CAP] > 0
     assert stats["queries"]["above_cap"] == 0 and stats["accounting_problems"] == []
+    assert_accounted(tmp_path)
     _, written = outcomes(tmp_path)
     per_query = collections.Counter(q for s in written.values()
                                     for q in json.loads(s["json"])["queries"])

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from helpers import StepOnElements, beam_test_pipeline, find_duplicate_urls
+from helpers import StepOnElements, assert_accounted, beam_test_pipeline, find_duplicate_urls
 from openwit.pipeline.text.balance import BalanceStep, CountQueryMatches, balance_draw, keep_probability
 from openwit.pipeline.images.cap import ExactCap, cap_priority
 from openwit.pipeline.apps.cli import main
@@ -343,6 +343,7 @@ def test_curate_accounts_for_every_row(pool, curated):
     assert reasons[Reason.LANGUAGE_NOT_WANTED] >= 20
     distinct_rows = {sample_key(url or "", caption) for url, caption in pool_rows()}
     assert {r["key"] for r in rows} | {f["key"] for f in failures} == distinct_rows
+    assert_accounted(curated)
 
 
 def test_curated_rows_carry_ids_strings_and_probabilities(pool, curated):

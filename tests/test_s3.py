@@ -6,10 +6,12 @@ import json
 import pytest
 import webdataset as wds
 
+from helpers import assert_accounted
 from openwit.pipeline.apps.cli import main
 from openwit.pipeline.apps.miniweb import MiniWeb, WorldConfig
 
 pytestmark = pytest.mark.slow
+
 
 def test_build_from_and_to_s3(s3, tmp_path):
     client, endpoint = s3
@@ -41,3 +43,9 @@ def test_build_from_and_to_s3(s3, tmp_path):
     assert stats["written"] == sum(sizes.values()) and stats["accounting_problems"] == []
     assert "out/query_counts.parquet" in keys
     assert any(key.startswith("out/failures/") for key in keys)
+    copy = tmp_path / "copy"  # the whole corpus, read back, accounts for every candidate
+    for key in keys:
+        path = copy / key.removeprefix("out/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(read(key))
+    assert assert_accounted(copy)["input_rows"] == 120

@@ -9,6 +9,7 @@ import os
 
 import pytest
 
+from helpers import assert_accounted
 from openwit.pipeline.apps.cli import main
 from openwit.pipeline.apps.miniweb import MiniWeb, WorldConfig
 
@@ -61,6 +62,8 @@ def test_a_sentinel_secret_appears_in_no_output(tmp_path, capfd):
     assert not [s for s in SENTINELS if s in printed], "a secret was printed"
     assert not files_holding_a_sentinel(tmp_path)
     assert os.path.exists(run / "checkpoints" / "latest.pt")  # searched above, as bytes
+    assert_accounted(corpus)
+    assert_accounted(curated)
 
 
 def test_the_search_finds_a_planted_secret(tmp_path):
