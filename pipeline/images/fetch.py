@@ -207,28 +207,27 @@ def _guarded_socket(host: str, port: int, deadline: float, policy: dict,
     raise BlockedAddress("; ".join(blocked) or f"{host} resolved to no address")
 
 
-class _GuardedHTTPConnection(http.client.HTTPConnection):
+class _Guarded:
+    """What both connection classes add: the address policy, the deadline, the resolver."""
+
     def __init__(self, *args, policy: dict, deadline: float, resolve, **kwargs):
         super().__init__(*args, **kwargs)
         self._policy = policy
         self._deadline = deadline
         self._resolve = resolve
 
+    def _guarded_socket(self) -> socket.socket:
+        return _guarded_socket(self.host, self.port, self._deadline, self._policy, self._resolve)
+
+
+class _GuardedHTTPConnection(_Guarded, http.client.HTTPConnection):
     def connect(self):
-        self.sock = _guarded_socket(self.host, self.port, self._deadline, self._policy,
-                                    self._resolve)
+        self.sock = self._guarded_socket()
 
 
-class _GuardedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args, policy: dict, deadline: float, resolve, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._policy = policy
-        self._deadline = deadline
-        self._resolve = resolve
-
+class _GuardedHTTPSConnection(_Guarded, http.client.HTTPSConnection):
     def connect(self):
-        sock = _guarded_socket(self.host, self.port, self._deadline, self._policy,
-                               self._resolve)
+        sock = self._guarded_socket()
         sock.settimeout(remaining_until(self._deadline))  # the TLS handshake
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
         self.sock.deadline = self._deadline
