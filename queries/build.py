@@ -50,8 +50,6 @@ from openwit.queries.wordlists import ReadQueryLists, UserQueries, WordfreqQueri
 from openwit.queries.wordnet import DATA_FILES, WordNetQueries
 
 LOGGER = logging.getLogger("openwit")
-TABLE_FILE = layout.QUERY_TABLE_FILE
-STATS_FILE = layout.QUERY_TABLE_STATS_FILE
 
 
 def _merge_group(key_and_groups):
@@ -126,8 +124,10 @@ class WriteQueryTableFn(beam.DoFn):
             "counts": dict(sorted(counts.items())),
             "config": self._config,
         }
-        storage.write_bytes_atomic(storage.join(self._output, TABLE_FILE), table_bytes(columns))
-        storage.write_json_atomic(storage.join(self._output, STATS_FILE), stats)
+        output = self._output
+        storage.write_bytes_atomic(storage.join(output, layout.QUERY_TABLE_FILE),
+                                   table_bytes(columns))
+        storage.write_json_atomic(storage.join(output, layout.QUERY_TABLE_STATS_FILE), stats)
         yield stats
 
 
@@ -212,7 +212,8 @@ def build_queries(config: QueriesConfig, options: PipelineOptions) -> dict:
     started = time.monotonic()
     with beam.Pipeline(options=with_local_runner(options)) as pipeline:
         pipeline | "Query table" >> BuildQueryTable(config)
-    stats = storage.read_json(storage.join(config.table.output, STATS_FILE))
+    stats = storage.read_json(storage.join(config.table.output,
+                                           layout.QUERY_TABLE_STATS_FILE))
     stats["wall_seconds"] = round(time.monotonic() - started, 1)
     _warn_about_empty_bigrams(config, stats)
     return stats
@@ -227,7 +228,8 @@ def _warn_about_empty_bigrams(config: QueriesConfig, stats: dict) -> None:
 
 
 def format_stats(stats: dict, output: str) -> str:
-    lines = [f"{stats['rows']:,} queries written to {storage.join(output, TABLE_FILE)}",
+    table_path = storage.join(output, layout.QUERY_TABLE_FILE)
+    lines = [f"{stats['rows']:,} queries written to {table_path}",
              f"{'source':<10} {'admitted':>10} {'in table':>10} {'only here':>10}"]
     counts = stats["counts"]
     for source in Source.ORDER:

@@ -11,7 +11,13 @@ import threading
 import time
 import zlib
 
+import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
+
+from openwit.pipeline.core.records import StageResult
+from openwit.pipeline.images.cap import ExactCap
+from openwit.pipeline.text.steps import RunSteps, unbatch
+from openwit.pipeline.text.url_dedup import DropDuplicateUrlsStep, FindDuplicateUrls
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -124,78 +130,62 @@ def bomb_png(width=20000, height=20000) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"\x00" * 1024)) + chunk(b"IEND", b""))
 
 
-class StepOnElements:
+class StepOnElements(beam.PTransform):
     """Runs one production step (a text stage's `Step`) through the production `RunSteps`
     over single candidates, so a stage can be tested alone: `pcoll | StepOnElements(step)`
     gives a StageResult of single candidates and the stage's failure records."""
 
-    def __new__(cls, step, side_inputs: dict | None = None, batch_size: int = 2048):
-        import apache_beam as beam
+    def __init__(self, step, side_inputs: dict | None = None, batch_size: int = 2048):
+        super().__init__()
+        self._step = step
+        self._side_inputs = side_inputs
+        self._batch_size = batch_size
 
-        from openwit.pipeline.core.records import StageResult
-        from openwit.pipeline.text.steps import RunSteps, unbatch
-
-        class _StepOnElements(beam.PTransform):
-            def expand(self, candidates):
-                batches = candidates | "Batch" >> beam.BatchElements(
-                    min_batch_size=1, max_batch_size=batch_size)
-                result = batches | "Steps" >> RunSteps([step], side_inputs)
-                if step.stage is None:
-                    failed = candidates.pipeline | "No failures" >> beam.Create([])
-                else:
-                    failed = result.failed[step.stage]
-                return StageResult(unbatch(result.kept), failed)
-
-        return _StepOnElements()
+    def expand(self, candidates):
+        batches = candidates | "Batch" >> beam.BatchElements(
+            min_batch_size=1, max_batch_size=self._batch_size)
+        result = batches | "Steps" >> RunSteps([self._step], self._side_inputs)
+        if self._step.stage is None:
+            failed = candidates.pipeline | "No failures" >> beam.Create([])
+        else:
+            failed = result.failed[self._step.stage]
+        return StageResult(unbatch(result.kept), failed)
 
 
 def find_duplicate_urls(candidates):
     """Single candidates -> FindDuplicateUrls's (loser row, winner key) pairs."""
-    import apache_beam as beam
-
-    from openwit.pipeline.text.url_dedup import FindDuplicateUrls
-
     return (candidates | "One-candidate batches" >> beam.Map(lambda c: [c])
             | "Find duplicate URLs" >> FindDuplicateUrls())
 
 
 def dedup_urls(candidates):
     """Single candidates -> StageResult of URL dedup, as curation's passes do it."""
-    import apache_beam as beam
-
-    from openwit.pipeline.text.url_dedup import DropDuplicateUrlsStep
-
     duplicates = find_duplicate_urls(candidates)
     return candidates | "Drop duplicate URLs" >> StepOnElements(
         DropDuplicateUrlsStep(), {"losers": beam.pvalue.AsDict(duplicates)})
 
 
-class CapCandidates:
+class CapCandidates(beam.PTransform):
     """Single candidates (key, queries, ...) through the production ExactCap ->
     StageResult(kept candidates, failure records)."""
 
-    def __new__(cls, config):
-        import apache_beam as beam
+    def __init__(self, config):
+        super().__init__()
+        self._config = config
 
-        from openwit.pipeline.core.records import StageResult
-        from openwit.pipeline.images.cap import ExactCap
-
-        class _CapCandidates(beam.PTransform):
-            def expand(self, candidates):
-                dropped = (
-                    candidates
-                    | "As survivors" >> beam.Map(lambda c: {"key": c["key"], "shard": 0,
-                                                            "queries": c["queries"], "new": True})
-                    | "Exact cap" >> ExactCap(config)
-                    | "Records" >> beam.Values()
-                )
-                kept = candidates | "Not dropped" >> beam.Filter(
-                    lambda c, dropped_keys: c["key"] not in dropped_keys,
-                    dropped_keys=beam.pvalue.AsDict(
-                        dropped | "By key" >> beam.Map(lambda f: (f["key"], f))))
-                return StageResult(kept, dropped)
-
-        return _CapCandidates()
+    def expand(self, candidates):
+        dropped = (
+            candidates
+            | "As survivors" >> beam.Map(lambda c: {"key": c["key"], "shard": 0,
+                                                    "queries": c["queries"], "new": True})
+            | "Exact cap" >> ExactCap(self._config)
+            | "Records" >> beam.Values()
+        )
+        kept = candidates | "Not dropped" >> beam.Filter(
+            lambda c, dropped_keys: c["key"] not in dropped_keys,
+            dropped_keys=beam.pvalue.AsDict(
+                dropped | "By key" >> beam.Map(lambda f: (f["key"], f))))
+        return StageResult(kept, dropped)
 
 
 class RawServer:
