@@ -56,12 +56,16 @@ class Route:
 
 
 class LocalSite:
-    """A tiny web site with exactly the responses a test declares, on 127.0.0.1."""
+    """A tiny web site with exactly the responses a test declares, on 127.0.0.1 (or another
+    loopback address: a second host)."""
 
-    def __init__(self):
+    def __init__(self, host: str = "127.0.0.1"):
         self.routes: dict[str, Route] = {}
         self.hits: dict[str, int] = {}
         self.user_agents: list[str] = []
+        self.request_times: list[tuple[float, str]] = []  # (time.monotonic(), path)
+        self.in_flight = 0
+        self.peak_in_flight = 0
         self._lock = threading.Lock()
         site = self
 
@@ -74,6 +78,16 @@ class LocalSite:
                     hit = site.hits.get(self.path, 0)
                     site.hits[self.path] = hit + 1
                     site.user_agents.append(self.headers.get("User-Agent", ""))
+                    site.request_times.append((time.monotonic(), self.path))
+                    site.in_flight += 1
+                    site.peak_in_flight = max(site.peak_in_flight, site.in_flight)
+                try:
+                    self._route(hit)
+                finally:
+                    with site._lock:
+                        site.in_flight -= 1
+
+            def _route(self, hit):
                 route = site.routes.get(self.path)
                 if route is None:
                     self.send_response(404)
@@ -104,9 +118,9 @@ class LocalSite:
                     self.wfile.flush()
                     time.sleep(route.trickle_seconds / pieces)
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = http.server.ThreadingHTTPServer((host, 0), Handler)
         self._server.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self._server.server_port}"
+        self.base_url = f"http://{host}:{self._server.server_port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 

@@ -33,7 +33,9 @@ EXPECTED_DOWNLOAD_REASON = {
     "bomb": Reason.IMAGE_TOO_LARGE,
     "noai": Reason.OPTED_OUT,
     "noai_bot": Reason.OPTED_OUT,
+    "robots_disallowed": Reason.OPTED_OUT,
 }
+ALLOWED = "127.0.0.1/32,127.0.0.2/32"  # the mini-web's two hosts, nothing else
 DOWNLOADABLE_KINDS = {"ok", "throttled", "redirect", "other_bot_noai", "near_dup"}
 
 
@@ -41,14 +43,16 @@ DOWNLOADABLE_KINDS = {"ok", "throttled", "redirect", "other_bot_noai", "near_dup
 def web(tmp_path_factory):
     # Seed 0: in this world every download pathology has a row whose clean English caption
     # langdetect reads as English, so each one reaches the download stage.
-    config = WorldConfig(samples=400, seed=0, slow_seconds=8.0, eval_images_per_class=2)
+    # Two hosts (127.0.0.1 and 127.0.0.2), each with its robots.txt.
+    config = WorldConfig(samples=400, seed=0, slow_seconds=8.0, eval_images_per_class=2,
+                         hosts=2)
     with MiniWeb(config, tmp_path_factory.mktemp("web")) as served:
         yield served
 
 
 def build_args(web, output, *extra):
     return ["build", "--candidates", str(web.candidates_path), "--queries", str(web.queries_path),
-            "--output", str(output), "--allow-network", "127.0.0.1/32", "--timeout", "2",
+            "--output", str(output), "--allow-network", ALLOWED, "--robots-txt", "true", "--timeout", "2",
             "--samples-per-shard", "60", "--download-threads", "16", *extra]
 
 
@@ -127,10 +131,28 @@ def test_pathologies_end_with_the_right_reason(web, corpus):
 
 def test_opted_out_images_are_absent(web, corpus):
     _, written = outcomes(corpus)
-    opted_out = {row["url"] for row in truth_rows(web) if row["kind"] in ("noai", "noai_bot")}
+    opted_out = {row["url"] for row in truth_rows(web)
+                 if row["kind"] in ("noai", "noai_bot", "robots_disallowed")}
     assert opted_out and not opted_out & {json.loads(s["json"])["url"] for s in written.values()}
     other_bot = [row for row in truth_rows(web) if row["kind"] == "other_bot_noai"]
     assert any(row["key"] in written for row in other_bot)
+
+
+def test_opt_outs_are_counted_by_directive(web, corpus):
+    """noai rows carry `X-Robots-Tag: noai`, noai_bot rows `openwit: noimageai`, and the
+    private folder is robots.txt's: stats.json counts each, and agrees with the records."""
+    failures, _ = outcomes(corpus)
+    kinds = collections.Counter(
+        row["kind"] for row in truth_rows(web)
+        if (Stage.DOWNLOAD, Reason.OPTED_OUT) in failures.get(row["key"], []))
+    stats = json.loads((corpus / "stats.json").read_text())
+    assert stats["opted_out_by_directive"] == {
+        directive: n for directive, n in (("noai", kinds["noai"]),
+                                          ("noimageai", kinds["noai_bot"]),
+                                          ("robots.txt", kinds["robots_disallowed"])) if n}
+    assert kinds["noai"] and kinds["noai_bot"] and kinds["robots_disallowed"]
+    # robots.txt is read once per host and worker, not once per image
+    assert all(1 <= n <= 8 for n in web.robots_txt_requests().values())
 
 
 def test_duplicates_appear_once(web, corpus):
@@ -259,7 +281,8 @@ def test_curate_then_download_equals_build(web, corpus, tmp_path):
     common = ["--candidates", str(web.candidates_path), "--queries", str(web.queries_path)]
     assert main(["curate", *common, "--output", str(curated)]) == 0
     assert main(["download", "--curated", str(curated), "--output", str(curated),
-                 "--allow-network", "127.0.0.1/32", "--timeout", "2", "--samples-per-shard", "60",
+                 "--allow-network", ALLOWED, "--robots-txt", "true", "--timeout", "2",
+                 "--samples-per-shard", "60",
                  "--download-threads", "16"]) == 0
     for name in sorted(os.listdir(corpus / "shards")):
         if name.endswith((".tar", ".parquet", "sizes.json")):

@@ -40,6 +40,7 @@ from openwit.pipeline.apps.miniweb import (
     render_item,
 )
 from openwit.pipeline.apps.miniweb.captions import _BOILERPLATE, INTERNATIONAL_WORDS, PLURALS
+from openwit.pipeline.apps.miniweb.world import ROBOTS_DISALLOWED_FOLDER
 
 SMALL = WorldConfig(samples=300, seed=7, eval_images_per_class=3, slow_seconds=5)
 
@@ -176,6 +177,8 @@ def test_candidates_and_ground_truth_files(web, truth):
         elif row["kind"] == "malformed_url":
             parts = urlsplit(row["url"])
             assert parts.scheme not in ("http", "https") or not parts.hostname or " " in row["url"]
+        elif row["kind"] == "robots_disallowed":
+            assert row["url"].startswith(web.base_url + ROBOTS_DISALLOWED_FOLDER)
         else:
             assert row["url"].startswith(web.base_url + "/img/")
         assert (row["duplicate_of"] is not None) == (row["kind"] in ("exact_dup", "near_dup", "dup_url"))
@@ -401,6 +404,38 @@ def test_robots_headers(truth):
     assert other.headers["x-robots-tag"] == "otherbot: noai"
     decode(other.body)
     assert "x-robots-tag" not in fetch(url_of(truth, "ok")).headers
+
+
+def test_robots_txt_disallows_the_private_folder_it_still_serves(web, truth):
+    from protego import Protego
+
+    response = fetch(web.base_url + "/robots.txt")
+    assert response.status == 200 and response.headers["content-type"] == "text/plain"
+    rules = Protego.parse(response.body.decode())
+    private = url_of(truth, "robots_disallowed")
+    assert not rules.can_fetch(private, SMALL.user_agent_token)
+    assert rules.can_fetch(url_of(truth, "ok"), SMALL.user_agent_token)
+    assert not rules.can_fetch(url_of(truth, "ok") + "?nocrawl", SMALL.user_agent_token)
+    assert not rules.can_fetch(url_of(truth, "ok"), "otherbot")
+    decode(fetch(private).body)  # a crawler that ignores robots.txt gets the image
+
+
+def test_many_hosts_serve_every_route_and_share_the_rows(tmp_path):
+    config = replace(SMALL, samples=120, hosts=3)
+    with MiniWeb(config, tmp_path) as web:
+        hosts = {urlsplit(base).hostname for base in web.world.base_urls}
+        assert hosts == {"127.0.0.1", "127.0.0.2", "127.0.0.3"}
+        rows = [row for row in web.world.rows if row.kind == "ok"]
+        used = Counter(urlsplit(row.url).hostname for row in web.world.rows
+                       if row.url and row.kind not in ("malformed_url", "dup_url"))
+        assert set(used) == hosts and max(used.values()) - min(used.values()) <= 5
+        path = urlsplit(rows[0].url).path
+        bodies = {fetch(base + path).body for base in web.world.base_urls}
+        assert len(bodies) == 1
+        redirect = next(row for row in web.world.rows if row.kind == "redirect")
+        location = fetch(redirect.url).headers["location"]
+        assert urlsplit(location).netloc == urlsplit(redirect.url).netloc
+        assert "and 2 more hosts" in describe(web)
 
 
 def test_duplicates(truth):

@@ -66,6 +66,11 @@ MISTAKES = [
     (BUILD + ["--allow-private-hosts", "maybe"], "expected true/false, got 'maybe'"),
     (BUILD + ["--allow-network", "127.0.0.1/33"], "--allow-network: '127.0.0.1/33' is not a"),
     (BUILD + ["--runer", "DirectRunner"], "unknown option(s): --runer"),
+    (BUILD + ["--max-per-host", "0"], "--max-per-host must be at least 1"),
+    (BUILD + ["--host-cooldown", "-1"], "--host-cooldown must be a number of seconds"),
+    (BUILD + ["--cooldown-after", "0"], "--cooldown-after must be at least 1"),
+    (DOWNLOAD + ["--max-host-cooldowns", "-1"], "--max-host-cooldowns must be at least 0"),
+    (BUILD + ["--robots-txt", "perhaps"], "expected true/false, got 'perhaps'"),
     (["build", "--candidates", "{tmp}/c.csv"], "--output is required"),
 
     (QUERIES + ["--min-unigram-count", "0"], "--min-unigram-count must be at least 1"),
@@ -102,6 +107,7 @@ MISTAKES = [
     (["web", "--output", "/proc/openwit-web", "--no-serve", "--samples", "100"],
      "cannot write the mini-web to '/proc/openwit-web'"),
     (WEB + ["--port", "p"], "argument --port: invalid int value: 'p'"),
+    (WEB + ["--hosts", "0"], "--hosts must be in [1, 254]"),
     (WEB + ["--sampels", "3"], "unknown option(s): --sampels"),
 
     (["report", "{tmp}/nowhere"], "corpus folder '{tmp}/nowhere' does not exist"),

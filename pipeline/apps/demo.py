@@ -148,6 +148,8 @@ def build_argv(config: DemoConfig, web, output: str, cap: int) -> list[str]:
         # The mini-web lives on 127.0.0.1, which a crawler refuses by default: let exactly
         # that address through.
         "--allow-network", "127.0.0.1/32",
+        # A crawler should read robots.txt; the mini-web's disallows its /private/ folder.
+        "--robots-txt", "true",
     ]
 
 

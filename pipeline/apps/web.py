@@ -15,6 +15,10 @@ def add_web_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=WorldConfig.samples)
     add_seed_flag(parser, help="seed of the world")
     parser.add_argument("--port", type=int, default=0, help="0: a free port")
+    parser.add_argument("--hosts", type=int, default=WorldConfig.hosts,
+                        help="serve from 127.0.0.1 and the next N-1 loopback addresses, rows "
+                             "spread over them (a many-host list); crawl it with "
+                             "--allow-network 127.0.0.0/24")
     parser.add_argument("--eval-per-class", type=int, default=WorldConfig.eval_images_per_class)
     parser.add_argument("--no-serve", action="store_true", help="write the files and exit")
 
@@ -26,7 +30,9 @@ def web_config(args: argparse.Namespace) -> WorldConfig:
         raise ConfigError("--eval-per-class must be at least 0")
     if not 0 <= args.port <= 65535:
         raise ConfigError("--port must be in [0, 65535]")
-    return WorldConfig(samples=args.samples, seed=args.seed, port=args.port,
+    if not 1 <= args.hosts <= 254:
+        raise ConfigError("--hosts must be in [1, 254]")
+    return WorldConfig(samples=args.samples, seed=args.seed, port=args.port, hosts=args.hosts,
                        eval_images_per_class=args.eval_per_class)
 
 

@@ -89,7 +89,9 @@ class Reason:
     HTTP_CLIENT_ERROR = "http_4xx"
     HTTP_OTHER = "http_other_status"
     BODY_TOO_LARGE = "body_too_large"
-    OPTED_OUT = "opted_out"
+    OPTED_OUT = "opted_out"  # detail: `opt_out_detail`, the directives first
+    ROBOTS_UNREACHABLE = "robots_txt_unreachable"  # RFC 9309: an unreachable robots.txt disallows
+    HOST_BACKED_OFF = "host_backed_off"  # the host kept answering 429/503 through its cool-downs
     # download: image content
     NOT_AN_IMAGE = "not_an_image"
     TRUNCATED_IMAGE = "truncated_image"
@@ -119,6 +121,21 @@ def failure(candidate: dict, stage: str, reason: str, detail: str = "") -> dict:
         "reason": reason,
         "detail": detail[:500],
     }
+
+
+# An opt-out's detail names what opted out first ("noai, noimageai" or "robots.txt"), then the
+# evidence in parentheses, so that stats can count opt-outs by directive from the records.
+ROBOTS_TXT_DIRECTIVE = "robots.txt"
+
+
+def opt_out_detail(directives, evidence: str) -> str:
+    return f"{', '.join(directives)} ({evidence})"
+
+
+def opt_out_directives(detail: str) -> list[str]:
+    """The directives an `opt_out_detail` names."""
+    named = detail.split(" (", 1)[0]
+    return [directive.strip() for directive in named.split(",") if directive.strip()]
 
 
 KEPT = "kept"

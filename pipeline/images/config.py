@@ -36,6 +36,14 @@ class DownloadConfig:
     disallowed_directives: tuple[str, ...] = DEFAULT_DISALLOWED_DIRECTIVES
     allow_private_hosts: bool = False  # every loopback/private/link-local target (broad)
     allowed_networks: tuple[str, ...] = ()  # CIDRs let through whatever they are (narrow)
+    # Politeness, per worker (a DoFn instance): requests in flight to one host, the cool-down
+    # a host gets after answering 429/503 that many times in a row, and how many cool-downs
+    # it gets before its remaining candidates are given up.
+    max_per_host: int = 4
+    cooldown_after: int = 3
+    host_cooldown: float = 30.0  # seconds; Retry-After lengthens it, up to 4 times
+    max_host_cooldowns: int = 3
+    robots_txt: bool = False  # read and obey each origin's robots.txt (RFC 9309)
     image_size: int = 256
     resize_mode: str = "border"  # img2dataset's: no, keep_ratio, keep_ratio_largest, center_crop, border
     resize_only_if_bigger: bool = False
@@ -91,6 +99,14 @@ class ImageHalfConfig:
             except ValueError:
                 raise ConfigError(f"--allow-network: {network!r} is not a network (CIDR, e.g. "
                                   "127.0.0.1/32)") from None
+        if d.max_per_host < 1:
+            raise ConfigError("--max-per-host must be at least 1")
+        if d.cooldown_after < 1:
+            raise ConfigError("--cooldown-after must be at least 1")
+        if not d.host_cooldown >= 0 or math.isinf(d.host_cooldown):
+            raise ConfigError("--host-cooldown must be a number of seconds, at least 0")
+        if d.max_host_cooldowns < 0:
+            raise ConfigError("--max-host-cooldowns must be at least 0")
         if d.max_aspect_ratio < 1 or math.isnan(d.max_aspect_ratio):
             raise ConfigError("--max-aspect-ratio must be at least 1")
 
@@ -119,6 +135,19 @@ def add_download_stage_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(g, "--allow-private-hosts", type=parse_flag, default=False,
              help="allow loopback/private/link-local targets (off: a crawler on a cloud "
                   "worker must not reach its metadata server)")
+    g = parser.add_argument_group("politeness (per worker)")
+    add_flag(g, "--max-per-host", type=int, default=d.max_per_host,
+             help="requests in flight to one host at once")
+    add_flag(g, "--cooldown-after", type=int, default=d.cooldown_after,
+             help="429/503 answers in a row that pause a host")
+    add_flag(g, "--host-cooldown", type=float, default=d.host_cooldown, metavar="SECONDS",
+             help="how long a host is paused (its Retry-After lengthens it, up to 4 times)")
+    add_flag(g, "--max-host-cooldowns", type=int, default=d.max_host_cooldowns,
+             help="pauses a host gets; after that its remaining candidates fail as "
+                  "host_backed_off")
+    add_flag(g, "--robots-txt", type=parse_flag, default=d.robots_txt,
+             help="read each origin's robots.txt (cached per worker) and skip what it "
+                  "disallows for --user-agent-token")
     g = parser.add_argument_group("images")
     add_flag(g, "--image-size", type=int, default=d.image_size)
     add_flag(g, "--resize-mode", default=d.resize_mode, choices=RESIZE_MODES)
@@ -167,6 +196,11 @@ def image_half_config(args: argparse.Namespace, default_cap: int) -> ImageHalfCo
             ),
             allow_private_hosts=args.allow_private_hosts,
             allowed_networks=tuple(n.strip() for n in args.allow_network.split(",") if n.strip()),
+            max_per_host=args.max_per_host,
+            cooldown_after=args.cooldown_after,
+            host_cooldown=args.host_cooldown,
+            max_host_cooldowns=args.max_host_cooldowns,
+            robots_txt=args.robots_txt,
             image_size=args.image_size,
             resize_mode=args.resize_mode,
             resize_only_if_bigger=args.resize_only_if_bigger,

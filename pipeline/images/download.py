@@ -1,7 +1,9 @@
 """Stage 8: download, check and resize images (img2dataset's library parts inside a DoFn).
 
 Each DoFn instance keeps up to 2 x `threads` fetches in flight across its whole bundle (a
-sliding window, not fixed batches: one slow server must not stall a batch behind it).
+sliding window, not fixed batches: one slow server must not stall a batch behind it), at most
+`max_per_host` of them to one host (`hosts.HostGate`); candidates of a busy or paused host
+wait in its queue without holding a thread.
 Fetching runs on the thread pool; the CPU work (checks, img2dataset's `Resizer`, hashing) runs
 on the DoFn's own thread as results complete. That is also a correctness constraint:
 `Resizer` silences stdout/stderr by swapping process-wide file descriptors, which two threads
@@ -14,21 +16,33 @@ is refused as truncated (OpenCV would decode it, grey bottom and all).
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import hashlib
 import io
 import os
 import re
 import struct
+import time
 import warnings
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from openwit.pipeline.images.config import DownloadConfig
-from openwit.pipeline.images.fetch import Fetcher
 from openwit.pipeline.core.progress import ProgressLog
-from openwit.pipeline.core.records import FAILED, KEPT, Reason, Stage, StageResult, failure, in_global_window
+from openwit.pipeline.core.records import (
+    FAILED,
+    KEPT,
+    Reason,
+    Stage,
+    StageResult,
+    failure,
+    in_global_window,
+    opt_out_directives,
+)
+from openwit.pipeline.images.fetch import Fetcher
+from openwit.pipeline.images.hosts import HostGate, host_of
 
 JPEG_END = b"\xff\xd9"
 JPEG_TRAILING_SLACK = 4096  # some encoders append padding or vendor data after the end marker
@@ -40,6 +54,7 @@ PHASH_DECODE_SIDE = 64
 DECODER_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, struct.error)
 
 FINISH_SLACK_SECONDS = 5.0
+WAITING_PER_THREAD = 8  # candidates held for busy or paused hosts, per fetch thread
 
 RESIZER_ERRORS = {
     "image too small": Reason.IMAGE_TOO_SMALL,
@@ -201,50 +216,58 @@ def perceptual_hash(jpeg: bytes) -> str:
 
 
 class DownloadFn(beam.DoFn):
-    """(shard, candidate) -> (shard, sample) on the main output, (shard, failure) on FAILED."""
+    """(shard, candidate) -> (shard, sample) on the main output, (shard, failure) on FAILED.
+
+    The scheduler: a candidate first waits in its host's queue (holding no thread) until its
+    host has a free slot and is not paused, then goes to the fetch pool. Hosts are served in
+    turn, so a list dominated by one host still keeps the pool busy with the others.
+    """
 
     def __init__(self, config: DownloadConfig):
         self._config = config
 
     def setup(self):
         downloader, resizer = load_img2dataset()
-        self._fetcher = Fetcher(self._config, downloader.is_disallowed)
+        self._hosts = HostGate(self._config)
+        self._fetcher = Fetcher(self._config, downloader.is_disallowed, hosts=self._hosts)
         self._process_image = ImageProcessor(self._config, resizer)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=self._config.threads, thread_name_prefix="openwit-fetch"
         )
         self._max_in_flight = 2 * self._config.threads
+        self._max_waiting = WAITING_PER_THREAD * self._config.threads
+        # A fetch ends by its own deadlines; one that has not, this long after it was handed
+        # to the pool (it may queue behind a full round of the pool), is failed as a timeout
+        # so that nothing one host does can hold the bundle.
+        self._stuck_after = 2 * self._fetcher.longest_fetch_seconds + FINISH_SLACK_SECONDS
         self._ok = Metrics.counter("openwit", "download.ok")
         self._failed = Metrics.counter("openwit", "download.failed")
         self._bytes = Metrics.counter("openwit", "download.bytes")
+        self._deferred = Metrics.counter("openwit", "download.deferred_by_host_pause")
         self._progress = ProgressLog("download")
 
     def start_bundle(self):
-        self._in_flight: dict[concurrent.futures.Future, tuple[int, dict]] = {}
+        self._waiting: dict[str, collections.deque] = {}
+        self._waiting_count = 0
+        self._in_flight: dict[concurrent.futures.Future, tuple[int, dict, str, float]] = {}
 
     def process(self, shard_and_candidate):
         shard, candidate = shard_and_candidate
-        future = self._pool.submit(self._fetcher.fetch, candidate["url"])
-        self._in_flight[future] = (shard, candidate)
-        if len(self._in_flight) >= self._max_in_flight:
-            done, _ = concurrent.futures.wait(
-                self._in_flight, return_when=concurrent.futures.FIRST_COMPLETED
-            )
-            for finished in done:
-                yield self._complete(finished)
+        host = host_of(candidate["url"])
+        if self._hosts.given_up(host):
+            yield self._fail(shard, candidate, Reason.HOST_BACKED_OFF,
+                             self._hosts.describe_give_up())
+            return
+        self._hold(host, shard, candidate)
+        yield from self._dispatch()
+        while (len(self._in_flight) >= self._max_in_flight
+               or self._waiting_count >= self._max_waiting):
+            yield from self._wait_for_progress()
 
     def finish_bundle(self):
-        # Every fetch ends by its own deadlines; the bundle still waits no longer than the
-        # in-flight fetches could take in two rounds of the pool (they may queue behind one
-        # another), so that nothing one host does can hold the bundle.
-        bound = 2 * self._fetcher.longest_fetch_seconds + FINISH_SLACK_SECONDS
-        done, stuck = concurrent.futures.wait(list(self._in_flight), timeout=bound)
-        outputs = [self._complete(finished) for finished in done]
-        for future in stuck:
-            future.cancel()
-            shard, candidate = self._in_flight.pop(future)
-            outputs.append(self._fail(shard, candidate, Reason.TIMEOUT,
-                                      f"still in flight {bound:g} s after its bundle ended"))
+        outputs = list(self._dispatch())
+        while self._in_flight or self._waiting_count:
+            outputs.extend(self._wait_for_progress())
         for output in outputs:
             if isinstance(output, beam.pvalue.TaggedOutput):
                 yield beam.pvalue.TaggedOutput(output.tag, in_global_window(output.value))
@@ -256,9 +279,78 @@ class DownloadFn(beam.DoFn):
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._fetcher.close()
 
+    # ------------------------------------------------------------------ the scheduler
+
+    def _hold(self, host, shard, candidate, first=False):
+        queue = self._waiting.setdefault(host, collections.deque())
+        if first:
+            queue.appendleft((shard, candidate))
+        else:
+            queue.append((shard, candidate))
+        self._waiting_count += 1
+
+    def _dispatch(self):
+        """Hand waiting candidates to the pool, one host after another, while the pool has
+        room; fail the candidates of hosts given up."""
+        for host in list(self._waiting):
+            if len(self._in_flight) >= self._max_in_flight:
+                break
+            queue = self._waiting[host]
+            if self._hosts.given_up(host):
+                while queue:
+                    self._waiting_count -= 1
+                    yield self._fail(*queue.popleft(), Reason.HOST_BACKED_OFF,
+                                     self._hosts.describe_give_up())
+            while (queue and len(self._in_flight) < self._max_in_flight
+                   and self._hosts.try_acquire(host)):
+                shard, candidate = queue.popleft()
+                self._waiting_count -= 1
+                future = self._pool.submit(self._fetcher.fetch, candidate["url"])
+                self._in_flight[future] = (shard, candidate, host, time.monotonic())
+            if not queue:
+                del self._waiting[host]
+
+    def _wait_for_progress(self):
+        """Wait for a fetch to end (or a paused host to resume), then dispatch again."""
+        if not self._in_flight:
+            # Everything waiting belongs to paused hosts (a pause is bounded).
+            pause = self._hosts.seconds_until_resumed(self._waiting)
+            time.sleep(min(pause if pause is not None else 0.0, self._hosts.longest_pause))
+            yield from self._dispatch()
+            return
+        now = time.monotonic()
+        oldest = min(started for _, _, _, started in self._in_flight.values())
+        timeout = max(0.0, oldest + self._stuck_after - now)
+        pause = self._hosts.seconds_until_resumed(self._waiting)
+        if pause is not None:
+            timeout = min(timeout, pause)
+        done, _ = concurrent.futures.wait(self._in_flight, timeout=timeout,
+                                          return_when=concurrent.futures.FIRST_COMPLETED)
+        for finished in done:
+            output = self._complete(finished)
+            if output is not None:
+                yield output
+        now = time.monotonic()
+        for future, (shard, candidate, host, started) in list(self._in_flight.items()):
+            if now - started >= self._stuck_after:
+                future.cancel()
+                del self._in_flight[future]
+                self._hosts.release(host)
+                yield self._fail(shard, candidate, Reason.TIMEOUT,
+                                 f"still in flight {self._stuck_after:g} s after it was started")
+        yield from self._dispatch()
+
     def _complete(self, future):
-        shard, candidate = self._in_flight.pop(future)
+        shard, candidate, host, _ = self._in_flight.pop(future)
+        self._hosts.release(host)
         result = future.result()
+        if result.deferred and not self._hosts.given_up(host):
+            self._deferred.inc()
+            self._hold(host, shard, candidate, first=True)
+            return None
+        if result.deferred:
+            return self._fail(shard, candidate, Reason.HOST_BACKED_OFF,
+                              self._hosts.describe_give_up())
         if result.body is None:
             return self._fail(shard, candidate, result.reason, result.detail)
         self._bytes.inc(len(result.body))
@@ -272,6 +364,9 @@ class DownloadFn(beam.DoFn):
     def _fail(self, shard, candidate, reason, detail):
         self._failed.inc()
         self._progress.update(failed=1)
+        if reason == Reason.OPTED_OUT:
+            for directive in opt_out_directives(detail):
+                Metrics.counter("openwit", f"download.opted_out.{directive}").inc()
         return beam.pvalue.TaggedOutput(
             FAILED, (shard, failure(candidate, Stage.DOWNLOAD, reason, detail))
         )

@@ -15,7 +15,10 @@ decides X-Robots-Tag opt-outs, its User-Agent shape carries the bot token) and a
 - redirects followed by hand, each target checked by the same address policy;
 - a body size limit, checked against Content-Length and while reading;
 - an address policy: by default no loopback, private, link-local (cloud metadata servers),
-  multicast or reserved targets, checked on the address actually connected to.
+  multicast or reserved targets, checked on the address actually connected to;
+- politeness: each answer's status goes to the worker's `HostGate`, a fetch does not retry a
+  host that gate has paused (it hands the candidate back, `deferred`), and with
+  `--robots-txt` every hop is first checked against its origin's robots.txt.
 """
 
 from __future__ import annotations
@@ -31,8 +34,10 @@ import ssl
 import time
 import urllib.parse
 
+from openwit.pipeline.core.records import Reason, opt_out_detail
 from openwit.pipeline.images.config import DownloadConfig
-from openwit.pipeline.core.records import Reason
+from openwit.pipeline.images.hosts import HostGate, host_of
+from openwit.pipeline.images.robots import ROBOTS_MAX_BYTES, RobotsCache
 
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 RETRYABLE_STATUSES = (429, 500, 502, 503, 504)
@@ -48,6 +53,7 @@ class FetchResult:
     status: int | None = None
     final_url: str | None = None
     attempts: int = 1
+    deferred: bool = False  # the host is paused: not (re)tried, to be scheduled again
 
 
 class BlockedAddress(Exception):
@@ -269,8 +275,9 @@ class Fetcher:
     single packet leaving the machine."""
 
     def __init__(self, config: DownloadConfig, is_disallowed, getaddrinfo=socket.getaddrinfo,
-                 resolver_threads: int | None = None):
+                 resolver_threads: int | None = None, hosts: HostGate | None = None):
         self._config = config
+        self._hosts = hosts
         self._getaddrinfo = getaddrinfo
         self._resolver = concurrent.futures.ThreadPoolExecutor(
             max_workers=resolver_threads or config.threads,
@@ -288,6 +295,10 @@ class Fetcher:
         self._ssl_context.sslsocket_class = _DeadlineSSLSocket
         self._policy = {"allow_private": config.allow_private_hosts,
                         "allowed_networks": parse_networks(config.allowed_networks)}
+        self._robots = None
+        if config.robots_txt:
+            self._robots = RobotsCache(self._fetch_robots_txt, self._token,
+                                       wait_seconds=self._longest_plain_fetch + 1.0)
 
     def close(self) -> None:
         self._resolver.shutdown(wait=False, cancel_futures=True)
@@ -307,23 +318,50 @@ class Fetcher:
             raise TimeoutError(f"resolving {host} took longer than the deadline") from None
 
     @property
-    def longest_fetch_seconds(self) -> float:
-        """An upper bound on one `fetch`: every attempt's deadline plus the waits between."""
+    def _longest_plain_fetch(self) -> float:
         attempts = self._config.retries + 1
         return attempts * self._config.timeout + self._config.retries * self._config.max_retry_wait
 
+    @property
+    def longest_fetch_seconds(self) -> float:
+        """An upper bound on one `fetch`: every attempt's deadline plus the waits between, and
+        with robots.txt on, a robots.txt fetch before every hop."""
+        if self._robots is None:
+            return self._longest_plain_fetch
+        hops = self._config.max_redirects + 1
+        robots_waits = (self._config.retries + 1) * hops * (self._longest_plain_fetch + 1.0)
+        return self._longest_plain_fetch + robots_waits
+
     def fetch(self, url: str) -> FetchResult:
+        """An image URL: opt-outs obeyed, its host's pauses respected."""
+        return self._fetch(url, self._config.max_bytes, obey_opt_outs=True, host=host_of(url))
+
+    def _fetch_robots_txt(self, url: str) -> FetchResult:
+        return self._fetch(url, ROBOTS_MAX_BYTES, obey_opt_outs=False, host=None)
+
+    def _fetch(self, url: str, max_bytes: int, obey_opt_outs: bool,
+               host: str | None) -> FetchResult:
         attempts = self._config.retries + 1
+        gate = self._hosts if host is not None else None
         for attempt in range(1, attempts + 1):
-            result, retry_after = self._fetch_once(url)
+            if gate is not None and gate.is_paused(host):
+                return FetchResult(None, Reason.HOST_BACKED_OFF, "the host is paused",
+                                   final_url=url, attempts=attempt - 1, deferred=True)
+            result, retry_after = self._fetch_once(url, max_bytes, obey_opt_outs)
             result.attempts = attempt
+            if gate is not None:
+                gate.observe(host, result.status, retry_after)
             if retry_after is None or attempt == attempts:
+                return result
+            if gate is not None and gate.is_paused(host):
+                result.deferred = True
                 return result
             backoff = BASE_BACKOFF_SECONDS * 2 ** (attempt - 1)
             time.sleep(min(self._config.max_retry_wait, max(backoff, retry_after)))
         raise AssertionError("unreachable: the last attempt returns")
 
-    def _fetch_once(self, url: str) -> tuple[FetchResult, float | None]:
+    def _fetch_once(self, url: str, max_bytes: int,
+                    obey_opt_outs: bool) -> tuple[FetchResult, float | None]:
         """One attempt, redirects included. Returns the result and, if retryable, a wait."""
         deadline = time.monotonic() + self._config.timeout
         current = url
@@ -332,8 +370,16 @@ class Fetcher:
             if block is not None:
                 reason = Reason.URL_BLOCKED if hop == 0 else Reason.REDIRECT_BLOCKED
                 return FetchResult(None, reason, block, final_url=current), None
+            if obey_opt_outs and self._robots is not None:
+                # The robots.txt fetch has a deadline of its own; waiting for it does not
+                # shorten this response's.
+                asked = time.monotonic()
+                refusal = self._robots.refusal(current)
+                deadline += time.monotonic() - asked
+                if refusal is not None:
+                    return FetchResult(None, *refusal, final_url=current), None
             try:
-                outcome = self._request(current, deadline)
+                outcome = self._request(current, deadline, max_bytes, obey_opt_outs)
             except BlockedAddress as err:
                 reason = Reason.URL_BLOCKED if hop == 0 else Reason.REDIRECT_BLOCKED
                 return FetchResult(None, reason, str(err), final_url=current), None
@@ -357,7 +403,7 @@ class Fetcher:
         return FetchResult(None, Reason.TOO_MANY_REDIRECTS,
                            f"more than {self._config.max_redirects} redirects", final_url=current), None
 
-    def _request(self, url: str, deadline: float):
+    def _request(self, url: str, deadline: float, max_bytes: int, obey_opt_outs: bool):
         parts = urllib.parse.urlsplit(url)
         remaining = remaining_until(deadline)
         path = request_target(parts)
@@ -377,13 +423,13 @@ class Fetcher:
             conn.request("GET", path, headers={**self._headers, "Host": host_header})
             response = conn.getresponse()
             try:
-                return self._handle(url, response, deadline)
+                return self._handle(url, response, deadline, max_bytes, obey_opt_outs)
             finally:
                 response.close()
         finally:
             conn.close()
 
-    def _handle(self, url, response, deadline):
+    def _handle(self, url, response, deadline, max_bytes, obey_opt_outs):
         status = response.status
         if status in REDIRECT_STATUSES:
             location = response.getheader("Location")
@@ -393,13 +439,12 @@ class Fetcher:
             return location
         if status != 200:
             return self._status_failure(url, response)
-        if self._directives and self._is_disallowed(response.headers, self._token,
-                                                    self._directives):
-            return FetchResult(None, Reason.OPTED_OUT,
-                               "X-Robots-Tag: " + ", ".join(response.headers.get_all(
-                                   "X-Robots-Tag", [])), status=status, final_url=url), None
+        if obey_opt_outs and self._directives and self._is_disallowed(
+                response.headers, self._token, self._directives):
+            return FetchResult(None, Reason.OPTED_OUT, self._opt_out_detail(response.headers),
+                               status=status, final_url=url), None
         length = response.getheader("Content-Length")
-        if length and length.isdigit() and int(length) > self._config.max_bytes:
+        if length and length.isdigit() and int(length) > max_bytes:
             return FetchResult(None, Reason.BODY_TOO_LARGE, f"Content-Length {length}",
                                status=status, final_url=url), None
         chunks, size = [], 0
@@ -409,9 +454,9 @@ class Fetcher:
             if not chunk:
                 break
             size += len(chunk)
-            if size > self._config.max_bytes:
+            if size > max_bytes:
                 return FetchResult(None, Reason.BODY_TOO_LARGE,
-                                   f"more than {self._config.max_bytes} bytes", status=status,
+                                   f"more than {max_bytes} bytes", status=status,
                                    final_url=url), None
             chunks.append(chunk)
         # The last read may have been a flood of chunked trailers: success only within the
@@ -422,6 +467,14 @@ class Fetcher:
                                f"body ended after {size} of {length} bytes", status=status,
                                final_url=url), 0.0
         return FetchResult(b"".join(chunks), status=status, final_url=url), None
+
+    def _opt_out_detail(self, headers) -> str:
+        """Which of our directives the X-Robots-Tag headers carry (each asked of img2dataset's
+        own matcher, so that the count agrees with its decision), then the headers."""
+        matched = [directive for directive in sorted(self._directives)
+                   if self._is_disallowed(headers, self._token, {directive})]
+        values = ", ".join(headers.get_all("X-Robots-Tag", []))
+        return opt_out_detail(matched, f"X-Robots-Tag: {values}")
 
     def _status_failure(self, url, response):
         status = response.status

@@ -67,9 +67,10 @@ def corpus_stats(text_entries: list[dict], shard_stats: list[dict], num_shards: 
     by_reason = collections.Counter()
     for entry in stages:
         by_reason.update(entry["dropped"])
-    languages = collections.Counter()
+    languages, opt_outs = collections.Counter(), collections.Counter()
     for stats in shard_stats:
         languages.update(stats.get("languages", {}))
+        opt_outs.update(stats.get("opted_out_by_directive", {}))
     input_rows = stages[0]["in"]
     return {
         "input_rows": input_rows,
@@ -78,6 +79,7 @@ def corpus_stats(text_entries: list[dict], shard_stats: list[dict], num_shards: 
         "stages": stages,
         "failures_by_reason": dict(by_reason.most_common()),
         "languages": dict(languages.most_common()),
+        "opted_out_by_directive": dict(opt_outs.most_common()),
         "shards": {
             "planned": num_shards,
             "with_samples": sum(1 for s in shard_stats if s["written"]),
@@ -134,6 +136,9 @@ def format_summary(stats: dict, output: str) -> str:
         lines.append(f"queries: {queries['matched']:,} matched, {queries['kept']:,} kept, "
                      f"{queries['written']:,} written, {queries.get('above_cap', 0)} above the "
                      "cap (see query_counts.parquet)")
+    if stats.get("opted_out_by_directive"):
+        lines.append("opted out by directive: " + ", ".join(
+            f"{directive} {n:,}" for directive, n in stats["opted_out_by_directive"].items()))
     if stats.get("accounting_problems"):
         lines.append("ACCOUNTING PROBLEMS: " + "; ".join(stats["accounting_problems"]))
     if shards.get("reused"):

@@ -22,6 +22,7 @@ from webdataset import TarWriter
 from openwit.pipeline.core import layout, storage
 from openwit.pipeline.core.layout import FAILURE_SCHEMA, SAMPLE_FIELDS, SAMPLE_SCHEMA, shard_name
 from openwit.pipeline.core.progress import LOGGER
+from openwit.pipeline.core.records import Reason, opt_out_directives
 
 TAR_MTIME = 0  # a fixed timestamp: the same inputs give the same bytes on every rerun
 TAR_OWNER = "openwit"
@@ -90,6 +91,10 @@ class WriteShardFn(beam.DoFn):
         for record in failures:
             dropped[record["stage"]][record["reason"]] += 1
         queries = collections.Counter(q for sample in written for q in sample["queries"])
+        # A candidate opted out by several directives counts under each.
+        opt_outs = collections.Counter(
+            directive for record in failures if record["reason"] == Reason.OPTED_OUT
+            for directive in opt_out_directives(record["detail"] or ""))
         stats = {
             "shard": shard,
             "name": shard_name(shard),
@@ -99,6 +104,7 @@ class WriteShardFn(beam.DoFn):
             "dropped": {stage: dict(sorted(c.items())) for stage, c in sorted(dropped.items())},
             "languages": dict(sorted(collections.Counter(s["language"] for s in written).items())),
             "queries": dict(sorted(queries.items())),
+            "opted_out_by_directive": dict(sorted(opt_outs.items())),
         }
         # The completion marker: written last, so a shard with stats is a whole shard.
         storage.write_json_atomic(paths["stats"], stats)

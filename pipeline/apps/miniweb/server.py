@@ -7,6 +7,7 @@ only ever serves and redirects to itself, on the address it was bound to.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import selectors
 import socket
@@ -23,13 +24,38 @@ from typing import Callable, Hashable, Mapping
 from urllib.parse import urlsplit
 
 from .render import SHAPES, bomb_png, render_item
-from .world import KINDS, Route, World, WorldConfig, WorldFiles, generate_world, write_world
+from .world import (
+    KINDS,
+    ROBOTS_DISALLOWED_FOLDER,
+    Route,
+    World,
+    WorldConfig,
+    WorldFiles,
+    generate_world,
+    write_world,
+)
 
 # How often slow responses check whether the client left or the server stops.
 _POLL_SECONDS = 0.1
 # Trickled bodies are sent in this many pieces, whatever slow_seconds is.
 _TRICKLE_STEPS = 200
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+ROBOTS_TXT_PATH = "/robots.txt"
+
+
+def robots_txt() -> bytes:
+    """Every host's robots.txt: another crawler may take nothing; ours (matched by the `*`
+    group, the most specific one that names it) keeps out of the disallowed folder, also
+    when a query string follows (the `*` wildcard)."""
+    return (
+        "# the mini-web\n"
+        "User-agent: otherbot\n"
+        "Disallow: /\n"
+        "\n"
+        "User-agent: *\n"
+        f"Disallow: {ROBOTS_DISALLOWED_FOLDER}\n"
+        "Disallow: /*?nocrawl\n"
+    ).encode()
 
 
 class _LruCache:
@@ -77,6 +103,8 @@ class MiniWebServer(ThreadingHTTPServer):
         self.bodies = _LruCache(capacity=256)
         self._hits: Counter[str] = Counter()
         self._hits_lock = threading.Lock()
+        self.in_flight = 0
+        self.peak_in_flight = 0  # the most requests this server was answering at once
         super().__init__(address, _Handler)
 
     def server_bind(self) -> None:
@@ -92,6 +120,19 @@ class MiniWebServer(ThreadingHTTPServer):
         with self._hits_lock:
             self._hits[path] += 1
             return self._hits[path]
+
+    def hits(self, path: str) -> int:
+        with self._hits_lock:
+            return self._hits[path]
+
+    def started(self) -> None:
+        with self._hits_lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+
+    def finished(self) -> None:
+        with self._hits_lock:
+            self.in_flight -= 1
 
     def handle_error(self, request, client_address) -> None:
         # Crawlers hang up mid-response all the time (timeouts, size limits);
@@ -114,7 +155,17 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        path = urlsplit(self.path).path
+        self.server.started()
+        try:
+            self._answer(urlsplit(self.path).path)
+        finally:
+            self.server.finished()
+
+    def _answer(self, path: str) -> None:
+        if path == ROBOTS_TXT_PATH:
+            self.server.count_hit(path)
+            self._send(200, "text/plain", robots_txt())
+            return
         route = self.server.routes.get(path)
         if route is None:
             self._send(404, "text/plain", b"not found\n")
@@ -264,15 +315,17 @@ _RESPONDERS: Mapping[str, _Responder] = MappingProxyType(
         "noai": _Handler._serve_noai,
         "noai_bot": _Handler._serve_noai_bot,
         "other_bot_noai": _Handler._serve_other_bot_noai,
+        "robots_disallowed": _Handler._serve_image,  # robots.txt is the crawler's to read
     }
 )
 assert set(_RESPONDERS) <= set(KINDS)
 
 
 class MiniWeb:
-    """Generate a world into ``out_dir`` and serve it on 127.0.0.1.
+    """Generate a world into ``out_dir`` and serve it on 127.0.0.1 (and, with
+    ``config.hosts`` > 1, on the next loopback addresses too, one server each).
 
-    Use as a context manager; the server runs in a daemon thread between
+    Use as a context manager; the servers run in daemon threads between
     ``__enter__`` and ``__exit__``.
     """
 
@@ -286,8 +339,8 @@ class MiniWeb:
         self.eval_dir = files.eval_dir
         self.world_json_path = files.world_json_path
         self._world: World | None = None
-        self._server: MiniWebServer | None = None
-        self._thread: threading.Thread | None = None
+        self._servers: list[MiniWebServer] = []
+        self._threads: list[threading.Thread] = []
 
     @property
     def base_url(self) -> str:
@@ -300,27 +353,35 @@ class MiniWeb:
         return self._world
 
     def __enter__(self) -> "MiniWeb":
-        if self._server is not None:
+        if self._servers:
             raise RuntimeError("MiniWeb is already running")
-        # Bind first: the URLs written into the candidates need the real port.
-        server = MiniWebServer((self.config.host, self.config.port), self.config)
+        # Bind first: the URLs written into the candidates need the real ports.
+        first = ipaddress.ip_address(self.config.host)
+        servers: list[MiniWebServer] = []
         try:
-            host, port = server.server_address[:2]
-            world = generate_world(self.config, f"http://{host}:{port}")
+            for offset in range(self.config.hosts):
+                port = self.config.port if offset == 0 else 0
+                servers.append(MiniWebServer((str(first + offset), port), self.config))
+            world = generate_world(self.config, [
+                f"http://{server.server_address[0]}:{server.server_address[1]}"
+                for server in servers])
             write_world(world, self.out_dir)
-            server.routes = world.routes
         except BaseException:
-            server.server_close()
+            for server in servers:
+                server.server_close()
             raise
         self._world = world
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": _POLL_SECONDS},
-            name=f"miniweb-{port}",
-            daemon=True,
-        )
-        self._thread.start()
+        self._servers = servers
+        for server in servers:
+            server.routes = world.routes
+            thread = threading.Thread(
+                target=server.serve_forever,
+                kwargs={"poll_interval": _POLL_SECONDS},
+                name=f"miniweb-{server.server_address[0]}:{server.server_address[1]}",
+                daemon=True,
+            )
+            thread.start()
+            self._threads.append(thread)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -329,23 +390,33 @@ class MiniWeb:
     def close(self) -> None:
         """Stop serving (idempotent).  Slow responses in flight end within
         _POLL_SECONDS; they are not waited for."""
-        if self._server is None:
-            return
-        self._server.stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join()
-        self._server = None
-        self._thread = None
+        for server in self._servers:
+            server.stopping.set()
+        for server in self._servers:
+            server.shutdown()
+            server.server_close()
+        for thread in self._threads:
+            thread.join()
+        self._servers = []
+        self._threads = []
+
+    def peak_requests_in_flight(self) -> dict[str, int]:
+        """Per host (base URL): the most requests it was answering at once."""
+        return {base: server.peak_in_flight
+                for base, server in zip(self.world.base_urls, self._servers)}
+
+    def robots_txt_requests(self) -> dict[str, int]:
+        """Per host (base URL): how often its robots.txt was asked for."""
+        return {base: server.hits(ROBOTS_TXT_PATH)
+                for base, server in zip(self.world.base_urls, self._servers)}
 
     def serve_forever(self) -> None:
         """Block until KeyboardInterrupt (for a CLI inside ``with MiniWeb(...)``)."""
-        if self._thread is None:
+        if not self._threads:
             raise RuntimeError("MiniWeb is not running; use it as a context manager")
         try:
-            while self._thread.is_alive():
-                self._thread.join(timeout=0.5)
+            while all(thread.is_alive() for thread in self._threads):
+                self._threads[0].join(timeout=0.5)
         except KeyboardInterrupt:
             return
 
@@ -357,7 +428,9 @@ def describe(web: MiniWeb) -> str:
     languages = ", ".join(f"{language} {count}" for language, count in counts["language"].items())
     return "\n".join(
         [
-            f"mini-web serving {len(web.world.rows)} candidates at {web.base_url}",
+            f"mini-web serving {len(web.world.rows)} candidates at {web.base_url}"
+            + (f" and {len(web.world.base_urls) - 1} more hosts" if len(web.world.base_urls) > 1
+               else ""),
             f"  candidates:   {web.candidates_path}",
             f"  ground truth: {web.ground_truth_path}",
             f"  queries:      {web.queries_path}",

@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping, TypeVar
+from typing import Mapping, Sequence, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -65,6 +65,7 @@ KINDS: tuple[str, ...] = (
     "noai",
     "noai_bot",
     "other_bot_noai",
+    "robots_disallowed",
     "exact_dup",
     "near_dup",
     "dup_url",
@@ -72,6 +73,7 @@ KINDS: tuple[str, ...] = (
     "missing_url",
 )
 DUPLICATE_KINDS: frozenset[str] = frozenset({"exact_dup", "near_dup", "dup_url"})
+ROBOTS_DISALLOWED_FOLDER = "/private/"  # what the mini-web's robots.txt disallows
 MIN_SAMPLES = 64
 T = TypeVar("T")
 _STREAM_PREFIX = "openwit-miniweb"
@@ -86,6 +88,9 @@ class WorldConfig:
     eval_images_per_class: int = 30
     host: str = "127.0.0.1"
     port: int = 0  # 0 = let the OS pick a free port
+    # Serve the world from this many loopback addresses (host, host + 1, ...; each its own
+    # port), rows spread over them in turn: a many-host list for politeness and benchmarks.
+    hosts: int = 1
     slow_seconds: float = 30.0  # total duration of slow_headers / trickle responses
     user_agent_token: str = "openwit"  # bot named by bot-scoped X-Robots-Tag directives
 
@@ -101,6 +106,7 @@ class WorldConfig:
     noai_rate: float = 0.01
     noai_bot_rate: float = 0.005
     other_bot_noai_rate: float = 0.005
+    robots_disallowed_rate: float = 0.005  # under /private/, which robots.txt disallows
     not_image_rate: float = 0.01
     truncated_rate: float = 0.01
     tiny_rate: float = 0.01
@@ -146,6 +152,8 @@ class WorldConfig:
             raise ValueError("slow_seconds must be positive")
         if self.eval_images_per_class < 0 or self.eval_image_size < 16:
             raise ValueError("invalid eval set size")
+        if not 1 <= self.hosts <= 254:
+            raise ValueError("hosts must be in [1, 254]")
 
     def pathology_rates(self) -> dict[str, float]:
         """Rate of every kind except "ok", read from the ``<kind>_rate`` fields."""
@@ -188,9 +196,10 @@ class Route:
 @dataclass(frozen=True)
 class World:
     config: WorldConfig
-    base_url: str
+    base_url: str  # the first host's
     rows: tuple[Row, ...]
     routes: Mapping[str, Route]
+    base_urls: tuple[str, ...] = ()  # every host's, in the order rows take them
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Row counts per kind, shape ("digit" for digit items), language,
@@ -327,9 +336,12 @@ class _CaptionPlan:
 _CLEAN = _CaptionPlan()
 
 
-def generate_world(config: WorldConfig, base_url: str) -> World:
-    """The full world for ``config``, with URLs under ``base_url``."""
-    base_url = base_url.rstrip("/")
+def generate_world(config: WorldConfig, base_urls: str | Sequence[str]) -> World:
+    """The full world for ``config``, with row ``i``'s URLs under ``base_urls[i % n]`` (every
+    server serves every route; a row's redirects stay on its own host)."""
+    if isinstance(base_urls, str):
+        base_urls = [base_urls]
+    base_urls = [base.rstrip("/") for base in base_urls]
     kinds = _plan_kinds(config)
     specs = [
         sample_scene(stream(config.seed, "scene", row), item_seed(config.seed, "corpus", row), config)
@@ -344,6 +356,7 @@ def generate_world(config: WorldConfig, base_url: str) -> World:
     for index, (kind, spec, plan) in enumerate(zip(kinds, specs, plans)):
         rng = stream(config.seed, "row", index)
         token = _url_token(config.seed, index)
+        base_url = base_urls[index % len(base_urls)]
         if kind in DUPLICATE_KINDS:
             row = _duplicate_row(index, kind, token, rng.choice(clean_sources), rng, base_url, routes)
         elif kind == "ok":
@@ -353,7 +366,8 @@ def generate_world(config: WorldConfig, base_url: str) -> World:
         else:
             row = _pathology_row(index, kind, spec, token, rng, base_url, routes)
         rows.append(row)
-    return World(config=config, base_url=base_url, rows=tuple(rows), routes=MappingProxyType(routes))
+    return World(config=config, base_url=base_urls[0], rows=tuple(rows),
+                 routes=MappingProxyType(routes), base_urls=tuple(base_urls))
 
 
 def _plan_kinds(config: WorldConfig) -> list[str]:
@@ -535,6 +549,8 @@ def _pathology_row(
     elif kind in ("not_image", "http_404", "http_500", "reset"):
         spec = replace(spec, image_format="jpeg")  # the URL claims a JPEG
     path = f"/img/{token}.{spec.extension}"
+    if kind == "robots_disallowed":
+        path = f"{ROBOTS_DISALLOWED_FOLDER}{token}.{spec.extension}"
     if kind == "redirect":
         target = f"/moved/{token}.{spec.extension}"
         _add_route(routes, target, Route(kind="ok", spec=spec))
@@ -617,6 +633,7 @@ def write_world(world: World, out_dir: Path) -> WorldFiles:
     summary = {
         "config": asdict(world.config),
         "base_url": world.base_url,
+        "base_urls": list(world.base_urls),
         "samples": len(rows),
         "counts": world.counts(),
         "eval": {
