@@ -67,16 +67,22 @@ def run_img2dataset(candidates: str, output: str) -> tuple[float, int]:
     return wall, written
 
 
-def run_openwit(candidates: str, output: str, runner_args: list[str]) -> tuple[float, int]:
+def timed_build(candidates: str, output: str, extra: list[str]) -> float:
+    """`openwit build` of a mini-web list (no query table, any language, the benchmarks'
+    download settings) into `output`; its wall time."""
     command = [
         os.path.join(VENV_BIN, "openwit"), "build", "--candidates", candidates,
         "--output", output, "--languages", "any", "--allow-network", "127.0.0.0/24",
         "--timeout", "3", "--retries", "2", "--download-threads", "32",
-        "--samples-per-shard", "1000", *runner_args,
+        "--samples-per-shard", "1000", *extra,
     ]
     started = time.monotonic()
     subprocess.run(command, check=True, capture_output=True)
-    wall = time.monotonic() - started
+    return time.monotonic() - started
+
+
+def run_openwit(candidates: str, output: str, runner_args: list[str]) -> tuple[float, int]:
+    wall = timed_build(candidates, output, runner_args)
     with open(os.path.join(output, "stats.json")) as f:
         return wall, json.load(f)["written"]
 
