@@ -31,7 +31,6 @@ from openwit.pipeline.images.fetch import FetchResult, Fetcher
 from openwit.pipeline.images.hosts import HostGate, host_of
 from openwit.pipeline.images.robots import (
     ROBOTS_CACHE_ORIGINS,
-    ROBOTS_MAX_BYTES,
     RobotsCache,
     robots_url,
     verdict_from,
@@ -186,14 +185,16 @@ def test_a_fetch_does_not_retry_into_a_pause(site):
 # ------------------------------------------------------------------ the download scheduler
 
 
-def run_download(config: DownloadConfig, urls: list[str]):
+def run_download(config: DownloadConfig, urls: list[str], after_setup=None):
     """Drive the download DoFn as a runner would: setup, one bundle, teardown. Returns
-    (samples, failures)."""
+    (samples, failures); every candidate must end exactly once."""
     from apache_beam.pvalue import TaggedOutput
     from apache_beam.utils.windowed_value import WindowedValue
 
     fn = DownloadFn(config)
     fn.setup()
+    if after_setup is not None:
+        after_setup(fn)
     fn.start_bundle()
     outputs = []
     try:
@@ -210,7 +211,8 @@ def run_download(config: DownloadConfig, urls: list[str]):
         if isinstance(value, WindowedValue):
             value = value.value
         (samples if kept else failures).append(value[1])
-    assert len(samples) + len(failures) == len(urls)
+    ended = sorted(record["key"] for record in samples + failures)
+    assert ended == [f"{index:04d}" for index in range(len(urls))]
     return samples, failures
 
 
@@ -257,6 +259,34 @@ def test_a_deferred_candidate_is_fetched_after_the_pause(site):
     assert len(samples) == 1 and not failures and site.hits["/a.jpg"] == 2
     (first, _), (second, _) = site.request_times
     assert second - first >= 0.35
+
+
+def test_a_fetch_cut_off_as_stuck_keeps_its_host_slot_until_it_ends(site):
+    for i in range(3):
+        site.routes[f"/{i}.jpg"] = Route(body=IMAGE, delay_before=0.8)
+
+    def impatient(fn):
+        fn._stuck_after = 0.3
+
+    config = download_config(threads=4, max_per_host=1)
+    samples, failures = run_download(config, [site.url(f"/{i}.jpg") for i in range(3)],
+                                     after_setup=impatient)
+    assert {f["reason"] for f in failures} == {Reason.TIMEOUT} and len(failures) == 3
+    assert site.peak_in_flight == 1
+
+
+def test_a_redirect_targets_slow_downs_pause_the_target(site, second_site):
+    site.routes["/go.jpg"] = Route(status=302, headers={"Location": second_site.url("/x.jpg")})
+    second_site.routes["/x.jpg"] = Route(status=429)
+    hosts = gate(cooldown_after=1, host_cooldown=60.0)
+    result = fetcher(hosts, retries=1).fetch(site.url("/go.jpg"))
+    assert result.deferred and second_site.hits["/x.jpg"] == 1
+    assert hosts.is_paused("127.0.0.2") and not hosts.is_paused("127.0.0.1")
+
+
+def test_a_gate_without_slots_is_refused():
+    with pytest.raises(ValueError):
+        gate(max_per_host=0)
 
 
 def test_a_host_that_never_recovers_is_given_up(site, second_site):
@@ -310,19 +340,35 @@ def test_robots_txt_is_not_read_unless_asked(site):
     (Route(status=503), False, Reason.ROBOTS_UNREACHABLE),
     (Route(status=200, body=b""), True, None),
     (Route(status=200, body=b"\xff\xfe\x00garbage\nDisallow: /\n"), True, None),  # no group
-    (Route(status=200, body=b"User-agent: *\n" + b"Disallow: /x\n" * 50_000), False,
-     Reason.ROBOTS_UNREACHABLE),  # over 500 KiB
+    # Over 500 KiB: the first 500 KiB count, the rest is ignored (RFC 9309, 2.5).
+    (Route(status=200, body=b"User-agent: *\n" + b"Disallow: /x\n" * 50_000), True, None),
+    (Route(status=200, body=b"User-agent: *\nDisallow: /a.jpg\n" + b"# pad\n" * 100_000),
+     False, Reason.OPTED_OUT),
+    (Route(status=200, body=b"User-agent: *\n" + b"# pad\n" * 100_000 + b"Disallow: /a.jpg\n"),
+     True, None),
     (Route(status=200, body=ROBOTS, delay_before=3.0), False, Reason.ROBOTS_UNREACHABLE),
-    (Route(status=301, headers={"Location": "/elsewhere/robots.txt"}), True, None),
+    (Route(status=301, headers={"Location": "/elsewhere/robots.txt"}), False, Reason.OPTED_OUT),
+    (Route(status=302), True, None),  # a redirect to nowhere: unavailable
+    (Route(status=304), True, None),
 ])
 def test_robots_txt_answers(site, robots, allowed, reason):
     site.routes["/robots.txt"] = robots
-    site.routes["/elsewhere/robots.txt"] = Route(body=b"User-agent: *\nAllow: /\n")
+    site.routes["/elsewhere/robots.txt"] = Route(body=b"User-agent: *\nDisallow: /a.jpg\n")
     site.routes["/a.jpg"] = Route(body=IMAGE)
     result = fetcher(robots_txt=True, timeout=1.0).fetch(site.url("/a.jpg"))
     assert (result.body == IMAGE) == allowed, result
     if not allowed:
         assert result.reason == reason and "/a.jpg" not in site.hits
+
+
+def test_robots_txt_redirects_are_followed_even_where_images_are_not(site):
+    # RFC 9309: at least five redirects for robots.txt, whatever --max-redirects says.
+    site.routes["/robots.txt"] = Route(status=301, headers={"Location": "/r1"})
+    site.routes["/r1"] = Route(status=301, headers={"Location": "/real-robots.txt"})
+    site.routes["/real-robots.txt"] = Route(body=b"User-agent: *\nDisallow: /\n")
+    site.routes["/a.jpg"] = Route(body=IMAGE)
+    result = fetcher(robots_txt=True, max_redirects=0).fetch(site.url("/a.jpg"))
+    assert result.reason == Reason.OPTED_OUT and "/a.jpg" not in site.hits
 
 
 def test_a_robots_txt_redirect_to_a_refused_address_disallows(site):
@@ -409,10 +455,8 @@ def test_any_failed_robots_fetch_gives_a_verdict(status, reason):
     if reason in (Reason.HTTP_SERVER_ERROR, Reason.TIMEOUT, Reason.CONNECTION_ERROR,
                   Reason.BODY_TOO_LARGE, Reason.REDIRECT_BLOCKED) or status == 429:
         assert refusal[0] == Reason.ROBOTS_UNREACHABLE
-
-
-def test_robots_limit_is_rfc_9309s():
-    assert ROBOTS_MAX_BYTES == 500 * 1024
+    elif reason in (Reason.HTTP_NOT_FOUND, Reason.HTTP_CLIENT_ERROR, Reason.TOO_MANY_REDIRECTS):
+        assert refusal is None  # "unavailable": everything allowed
 
 
 # --------------------------------------------------------------------- opt-out directives

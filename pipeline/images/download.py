@@ -301,14 +301,18 @@ class DownloadFn(beam.DoFn):
                     self._waiting_count -= 1
                     yield self._fail(*queue.popleft(), Reason.HOST_BACKED_OFF,
                                      self._hosts.describe_give_up())
+            served = False
             while (queue and len(self._in_flight) < self._max_in_flight
                    and self._hosts.try_acquire(host)):
                 shard, candidate = queue.popleft()
                 self._waiting_count -= 1
                 future = self._pool.submit(self._fetcher.fetch, candidate["url"])
                 self._in_flight[future] = (shard, candidate, host, time.monotonic())
+                served = True
             if not queue:
                 del self._waiting[host]
+            elif served:  # to the back of the line: the next pass starts with other hosts
+                self._waiting[host] = self._waiting.pop(host)
 
     def _wait_for_progress(self):
         """Wait for a fetch to end (or a paused host to resume), then dispatch again."""
@@ -333,9 +337,13 @@ class DownloadFn(beam.DoFn):
         now = time.monotonic()
         for future, (shard, candidate, host, started) in list(self._in_flight.items()):
             if now - started >= self._stuck_after:
-                future.cancel()
                 del self._in_flight[future]
-                self._hosts.release(host)
+                # The fetch may still be running (a started future cannot be cancelled):
+                # its host slot is given back when it really ends.
+                if future.cancel():
+                    self._hosts.release(host)
+                else:
+                    future.add_done_callback(lambda _, host=host: self._hosts.release(host))
                 yield self._fail(shard, candidate, Reason.TIMEOUT,
                                  f"still in flight {self._stuck_after:g} s after it was started")
         yield from self._dispatch()

@@ -56,6 +56,20 @@ class FetchResult:
     deferred: bool = False  # the host is paused: not (re)tried, to be scheduled again
 
 
+@dataclasses.dataclass(frozen=True)
+class _Purpose:
+    """What a fetch is for: an image (its limits, opt-outs obeyed) or a robots.txt (RFC 9309:
+    at least five redirects followed, the first 500 KiB read and the rest ignored)."""
+
+    max_bytes: int
+    max_redirects: int
+    obey_opt_outs: bool
+    keep_first_bytes: bool = False  # a longer body is cut at max_bytes instead of refused
+
+
+ROBOTS_MIN_REDIRECTS = 5
+
+
 class BlockedAddress(Exception):
     """The host resolved only to addresses the policy forbids."""
 
@@ -295,6 +309,10 @@ class Fetcher:
         self._ssl_context.sslsocket_class = _DeadlineSSLSocket
         self._policy = {"allow_private": config.allow_private_hosts,
                         "allowed_networks": parse_networks(config.allowed_networks)}
+        self._image = _Purpose(config.max_bytes, config.max_redirects, obey_opt_outs=True)
+        self._robots_txt = _Purpose(ROBOTS_MAX_BYTES, max(ROBOTS_MIN_REDIRECTS,
+                                                          config.max_redirects),
+                                    obey_opt_outs=False, keep_first_bytes=True)
         self._robots = None
         if config.robots_txt:
             self._robots = RobotsCache(self._fetch_robots_txt, self._token,
@@ -334,43 +352,44 @@ class Fetcher:
 
     def fetch(self, url: str) -> FetchResult:
         """An image URL: opt-outs obeyed, its host's pauses respected."""
-        return self._fetch(url, self._config.max_bytes, obey_opt_outs=True, host=host_of(url))
+        return self._fetch(url, self._image, gate=self._hosts)
 
     def _fetch_robots_txt(self, url: str) -> FetchResult:
-        return self._fetch(url, ROBOTS_MAX_BYTES, obey_opt_outs=False, host=None)
+        return self._fetch(url, self._robots_txt, gate=None)
 
-    def _fetch(self, url: str, max_bytes: int, obey_opt_outs: bool,
-               host: str | None) -> FetchResult:
+    def _fetch(self, url: str, purpose: _Purpose, gate: HostGate | None) -> FetchResult:
+        """Attempts with backoff. The gate hears each answer from the host that gave it (a
+        redirect target's 429s pause the target); a retry is not sent to a paused host."""
         attempts = self._config.retries + 1
-        gate = self._hosts if host is not None else None
         for attempt in range(1, attempts + 1):
-            if gate is not None and gate.is_paused(host):
+            if gate is not None and gate.is_paused(host_of(url)):
                 return FetchResult(None, Reason.HOST_BACKED_OFF, "the host is paused",
                                    final_url=url, attempts=attempt - 1, deferred=True)
-            result, retry_after = self._fetch_once(url, max_bytes, obey_opt_outs)
+            result, retry_after = self._fetch_once(url, purpose)
             result.attempts = attempt
+            answered_by = host_of(result.final_url or url)
             if gate is not None:
-                gate.observe(host, result.status, retry_after)
+                gate.observe(answered_by, result.status, retry_after)
             if retry_after is None or attempt == attempts:
                 return result
-            if gate is not None and gate.is_paused(host):
+            if gate is not None and (gate.is_paused(answered_by)
+                                     or gate.is_paused(host_of(url))):
                 result.deferred = True
                 return result
             backoff = BASE_BACKOFF_SECONDS * 2 ** (attempt - 1)
             time.sleep(min(self._config.max_retry_wait, max(backoff, retry_after)))
         raise AssertionError("unreachable: the last attempt returns")
 
-    def _fetch_once(self, url: str, max_bytes: int,
-                    obey_opt_outs: bool) -> tuple[FetchResult, float | None]:
+    def _fetch_once(self, url: str, purpose: _Purpose) -> tuple[FetchResult, float | None]:
         """One attempt, redirects included. Returns the result and, if retryable, a wait."""
         deadline = time.monotonic() + self._config.timeout
         current = url
-        for hop in range(self._config.max_redirects + 1):
+        for hop in range(purpose.max_redirects + 1):
             block = url_block_reason(current, **self._policy)
             if block is not None:
                 reason = Reason.URL_BLOCKED if hop == 0 else Reason.REDIRECT_BLOCKED
                 return FetchResult(None, reason, block, final_url=current), None
-            if obey_opt_outs and self._robots is not None:
+            if purpose.obey_opt_outs and self._robots is not None:
                 # The robots.txt fetch has a deadline of its own; waiting for it does not
                 # shorten this response's.
                 asked = time.monotonic()
@@ -379,7 +398,7 @@ class Fetcher:
                 if refusal is not None:
                     return FetchResult(None, *refusal, final_url=current), None
             try:
-                outcome = self._request(current, deadline, max_bytes, obey_opt_outs)
+                outcome = self._request(current, deadline, purpose)
             except BlockedAddress as err:
                 reason = Reason.URL_BLOCKED if hop == 0 else Reason.REDIRECT_BLOCKED
                 return FetchResult(None, reason, str(err), final_url=current), None
@@ -401,9 +420,10 @@ class Fetcher:
                 continue
             return outcome
         return FetchResult(None, Reason.TOO_MANY_REDIRECTS,
-                           f"more than {self._config.max_redirects} redirects", final_url=current), None
+                           f"more than {purpose.max_redirects} redirects",
+                           final_url=current), None
 
-    def _request(self, url: str, deadline: float, max_bytes: int, obey_opt_outs: bool):
+    def _request(self, url: str, deadline: float, purpose: _Purpose):
         parts = urllib.parse.urlsplit(url)
         remaining = remaining_until(deadline)
         path = request_target(parts)
@@ -423,13 +443,13 @@ class Fetcher:
             conn.request("GET", path, headers={**self._headers, "Host": host_header})
             response = conn.getresponse()
             try:
-                return self._handle(url, response, deadline, max_bytes, obey_opt_outs)
+                return self._handle(url, response, deadline, purpose)
             finally:
                 response.close()
         finally:
             conn.close()
 
-    def _handle(self, url, response, deadline, max_bytes, obey_opt_outs):
+    def _handle(self, url, response, deadline, purpose: _Purpose):
         status = response.status
         if status in REDIRECT_STATUSES:
             location = response.getheader("Location")
@@ -439,11 +459,14 @@ class Fetcher:
             return location
         if status != 200:
             return self._status_failure(url, response)
-        if obey_opt_outs and self._directives and self._is_disallowed(
+        if purpose.obey_opt_outs and self._directives and self._is_disallowed(
                 response.headers, self._token, self._directives):
             return FetchResult(None, Reason.OPTED_OUT, self._opt_out_detail(response.headers),
                                status=status, final_url=url), None
+        max_bytes = purpose.max_bytes
         length = response.getheader("Content-Length")
+        if purpose.keep_first_bytes and length and length.isdigit() and int(length) > max_bytes:
+            length = None  # only the first max_bytes are read
         if length and length.isdigit() and int(length) > max_bytes:
             return FetchResult(None, Reason.BODY_TOO_LARGE, f"Content-Length {length}",
                                status=status, final_url=url), None
@@ -454,6 +477,9 @@ class Fetcher:
             if not chunk:
                 break
             size += len(chunk)
+            if size > max_bytes and purpose.keep_first_bytes:
+                chunks.append(chunk[:len(chunk) - (size - max_bytes)])
+                return FetchResult(b"".join(chunks), status=status, final_url=url), None
             if size > max_bytes:
                 return FetchResult(None, Reason.BODY_TOO_LARGE,
                                    f"more than {max_bytes} bytes", status=status,

@@ -9,7 +9,9 @@ hosts go first. The fetch threads report each answer's status; after `cooldown_a
 to four times that), and a host paused more than `max_host_cooldowns` times is given up.
 
 A host is the URL's host name as written (lowercased), port excluded: two ports of one
-machine are one host to be polite to.
+machine are one host to be polite to. The slot is the host the URL names (the scheduler
+knows nothing else before the fetch); each answer counts for the host that gave it, so a
+redirect target that answers 429 is the one paused.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class HostGate:
     """Thread-safe per-host slots, cool-downs and give-ups, for one worker."""
 
     def __init__(self, config: DownloadConfig, clock=time.monotonic):
+        if config.max_per_host < 1 or config.cooldown_after < 1:
+            raise ValueError("max_per_host and cooldown_after must be at least 1")
         self._max_per_host = config.max_per_host
         self._cooldown_after = config.cooldown_after
         self._cooldown = config.host_cooldown

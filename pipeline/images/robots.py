@@ -4,12 +4,12 @@ Protego (Scrapy's parser) matches the rules: unlike Python's urllib.robotparser 
 `*` and `$` wildcards and picks the most specific group for our token. This module decides
 what a robots.txt *answer* means:
 
-- 200: its rules (the first `ROBOTS_MAX_BYTES`, as RFC 9309 allows; a longer file is
-  unreachable);
-- any other 4xx except 429, no body (204), or more than the allowed redirects: "unavailable",
-  everything is allowed;
-- 429, 5xx, a timeout, a refused connection, an address the policy blocks, a file that does
-  not parse: "unreachable", everything is disallowed, and the verdict is retried sooner.
+- 200: its rules, from its first `ROBOTS_MAX_BYTES` (RFC 9309's minimum; the rest is
+  ignored), after up to five redirects or `--max-redirects`, whichever is more;
+- any 4xx except 429, no body (204), a 3xx that redirects nowhere (304, no Location), or
+  more redirects than that: "unavailable", everything is allowed;
+- 429, 5xx, a timeout, a refused connection, an address the policy blocks, a file the parser
+  raises on: "unreachable", everything is disallowed, and the verdict is retried sooner.
 
 One request per origin: the first fetch thread that needs an origin's robots.txt fetches it,
 the others wait for that verdict. Verdicts are cached for a day at most (RFC 9309's
@@ -84,7 +84,7 @@ def verdict_from(source: str, result, now: float) -> RobotsVerdict:
     status = result.status
     if result.reason in _ALLOW_ALL_REASONS and status != 429:
         return RobotsVerdict(source, expires_at=fresh)
-    if result.reason == Reason.HTTP_OTHER and status is not None and 200 <= status < 300:
+    if result.reason == Reason.HTTP_OTHER and status is not None and 200 <= status < 400:
         return RobotsVerdict(source, expires_at=fresh)
     why = f"{result.reason}: {result.detail}" if result.detail else result.reason
     return RobotsVerdict(source, unreachable=f"unreachable ({why}), so everything is disallowed",
