@@ -352,13 +352,13 @@ class DownloadFn(beam.DoFn):
         shard, candidate, host, _ = self._in_flight.pop(future)
         self._hosts.release(host)
         result = future.result()
-        if result.deferred and not self._hosts.given_up(host):
+        if result.deferred:
+            if self._hosts.given_up(host):
+                return self._fail(shard, candidate, Reason.HOST_BACKED_OFF,
+                                  self._hosts.describe_give_up())
             self._deferred.inc()
             self._hold(host, shard, candidate, first=True)
             return None
-        if result.deferred:
-            return self._fail(shard, candidate, Reason.HOST_BACKED_OFF,
-                              self._hosts.describe_give_up())
         if result.body is None:
             return self._fail(shard, candidate, result.reason, result.detail)
         self._bytes.inc(len(result.body))

@@ -37,7 +37,7 @@ import urllib.parse
 from openwit.pipeline.core.records import Reason, opt_out_detail
 from openwit.pipeline.images.config import DownloadConfig
 from openwit.pipeline.images.hosts import HostGate, host_of
-from openwit.pipeline.images.robots import ROBOTS_MAX_BYTES, RobotsCache
+from openwit.pipeline.images.robots import ROBOTS_MAX_BYTES, ROBOTS_MIN_REDIRECTS, RobotsCache
 
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 RETRYABLE_STATUSES = (429, 500, 502, 503, 504)
@@ -65,9 +65,6 @@ class _Purpose:
     max_redirects: int
     obey_opt_outs: bool
     keep_first_bytes: bool = False  # a longer body is cut at max_bytes instead of refused
-
-
-ROBOTS_MIN_REDIRECTS = 5
 
 
 class BlockedAddress(Exception):
@@ -465,25 +462,25 @@ class Fetcher:
                                status=status, final_url=url), None
         max_bytes = purpose.max_bytes
         length = response.getheader("Content-Length")
-        if purpose.keep_first_bytes and length and length.isdigit() and int(length) > max_bytes:
-            length = None  # only the first max_bytes are read
         if length and length.isdigit() and int(length) > max_bytes:
-            return FetchResult(None, Reason.BODY_TOO_LARGE, f"Content-Length {length}",
-                               status=status, final_url=url), None
+            if not purpose.keep_first_bytes:
+                return FetchResult(None, Reason.BODY_TOO_LARGE, f"Content-Length {length}",
+                                   status=status, final_url=url), None
+            length = None  # only the first max_bytes are read
         chunks, size = [], 0
         while True:
             remaining_until(deadline)
             chunk = response.read1(READ_CHUNK)
             if not chunk:
                 break
-            size += len(chunk)
-            if size > max_bytes and purpose.keep_first_bytes:
-                chunks.append(chunk[:len(chunk) - (size - max_bytes)])
+            if size + len(chunk) > max_bytes:
+                if not purpose.keep_first_bytes:
+                    return FetchResult(None, Reason.BODY_TOO_LARGE,
+                                       f"more than {max_bytes} bytes", status=status,
+                                       final_url=url), None
+                chunks.append(chunk[:max_bytes - size])
                 return FetchResult(b"".join(chunks), status=status, final_url=url), None
-            if size > max_bytes:
-                return FetchResult(None, Reason.BODY_TOO_LARGE,
-                                   f"more than {max_bytes} bytes", status=status,
-                                   final_url=url), None
+            size += len(chunk)
             chunks.append(chunk)
         # The last read may have been a flood of chunked trailers: success only within the
         # deadline.

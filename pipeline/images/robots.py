@@ -27,6 +27,7 @@ import urllib.parse
 from openwit.pipeline.core.records import ROBOTS_TXT_DIRECTIVE, Reason, opt_out_detail
 
 ROBOTS_MAX_BYTES = 500 * 1024
+ROBOTS_MIN_REDIRECTS = 5  # RFC 9309: follow at least five, whatever images are allowed
 ROBOTS_CACHE_ORIGINS = 512
 ROBOTS_CACHE_SECONDS = 24 * 3600.0
 ROBOTS_UNREACHABLE_CACHE_SECONDS = 600.0
