@@ -209,3 +209,36 @@ def test_parquet_bytes_roundtrip():
     rows = [{"key": "a", "url": None, "caption": "c", "stage": "read", "reason": "r",
              "detail": ""}]
     assert pq.read_table(io.BytesIO(storage.encode_parquet(rows, FAILURE_SCHEMA))).to_pylist() == rows
+
+
+def test_the_tar_writer_writes_what_webdatasets_tarwriter_writes(tmp_path):
+    """Shards are written with tarfile, streamed; the bytes are those webdataset's TarWriter
+    writes for the same samples (and webdataset reads them back)."""
+    from openwit.pipeline.shards.writer import TAR_MODE, TAR_MTIME, TAR_OWNER, sample_metadata
+
+    samples = [sample(i) for i in range(5)]
+    samples[2]["caption"] = "ünïcödé caption, with a comma"
+    buffer = io.BytesIO()
+    with wds.TarWriter(buffer, user=TAR_OWNER, group=TAR_OWNER, mode=TAR_MODE, mtime=TAR_MTIME,
+                       encoder=False) as tar:
+        for s in samples:
+            tar.write({"__key__": s["key"], "jpg": s["jpg"], "txt": s["caption"].encode(),
+                       "json": json.dumps(sample_metadata(s), sort_keys=True,
+                                          ensure_ascii=False).encode()})
+    assert encode_tar(samples) == buffer.getvalue()
+    (tmp_path / "000000.tar").write_bytes(encode_tar(samples))
+    read = list(wds.WebDataset(str(tmp_path / "000000.tar"), shardshuffle=False))
+    assert [r["__key__"] for r in read] == [s["key"] for s in samples]
+
+
+def test_a_write_that_fails_midway_leaves_no_file(tmp_path):
+    path = str(tmp_path / "000000.tar")
+    try:
+        with storage.create_atomic(path) as stream:
+            stream.write(b"half a shard")
+            raise RuntimeError("the writer died")
+    except RuntimeError:
+        pass
+    assert not storage.exists(path)
+    storage.write_bytes_atomic(path, b"whole")
+    assert storage.read_bytes(path) == b"whole"

@@ -45,6 +45,8 @@ FAILURES_FOLDER = "failures"
 TEXT_FAILURES_PREFIX = "text"
 SHARD_FAILURES_PREFIX = "shard"
 WORK_FOLDER = "_work"
+# Downloaded images wait here, one file per (shard, bundle), until their shard is written.
+STAGED_FOLDER = "_staged"
 MATCHED_PREFIX = "matched"
 SHARD_NAME_DIGITS = 6
 SHARD_STATS_SUFFIX = "_stats.json"
@@ -119,6 +121,15 @@ def shard_paths(output: str, index: int) -> dict[str, str]:
         "failures": storage.join(output, FAILURES_FOLDER,
                                  f"{SHARD_FAILURES_PREFIX}-{name}.parquet"),
     }
+
+
+def staged_path(output: str, index: int, attempt: str) -> str:
+    """A tar of one bundle's downloaded images for shard `index` (`attempt`: unique)."""
+    return storage.join(output, STAGED_FOLDER, f"{shard_name(index)}-{attempt}.tar")
+
+
+def staged_pattern(output: str, index: int) -> str:
+    return storage.join(output, STAGED_FOLDER, f"{shard_name(index)}-*.tar")
 
 
 def sizes_path(shards_folder: str) -> str:

@@ -3,6 +3,7 @@ local folders, s3:// and gs:// (and whatever filesystem a runner registers)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 
@@ -33,16 +34,23 @@ def read_json(path: str):
     return json.loads(read_bytes(path).decode("utf-8"))
 
 
-def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Write under a temporary name, then rename: readers see the whole file or nothing.
+@contextlib.contextmanager
+def create_atomic(path: str):
+    """A binary stream to write `path` through: written under a temporary name, renamed into
+    place when the block ends without an error, so readers see the whole file or nothing.
 
     Every Beam filesystem's rename replaces an existing target (os.rename locally, copy on
     s3:// and gs://), so an older version stays readable until the new one takes its place.
     """
     temporary = path + TEMPORARY_SUFFIX
     with FileSystems.create(temporary, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        f.write(data)
+        yield f
     FileSystems.rename([temporary], [path])
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    with create_atomic(path) as f:
+        f.write(data)
 
 
 def write_json_atomic(path: str, value, sort_keys: bool = True) -> None:

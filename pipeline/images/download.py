@@ -4,10 +4,12 @@ Each DoFn instance keeps up to 2 x `threads` fetches in flight across its whole 
 sliding window, not fixed batches: one slow server must not stall a batch behind it), at most
 `max_per_host` of them to one host (`hosts.HostGate`); candidates of a busy or paused host
 wait in its queue without holding a thread.
-Fetching runs on the thread pool; the CPU work (checks, img2dataset's `Resizer`, hashing) runs
-on the DoFn's own thread as results complete. That is also a correctness constraint:
-`Resizer` silences stdout/stderr by swapping process-wide file descriptors, which two threads
-at once would leave swapped for good.
+Each pool thread fetches an image and then checks, resizes and hashes it: the decoders, the
+resize and the encoder release the GIL, so one worker's images use all its cores. A plain
+JPEG that is downscaled is decoded at reduced size (`resize.py`, libjpeg-turbo's scaled
+IDCT); every other image goes through img2dataset's `Resizer`, one thread at a time (it
+silences stdout/stderr by swapping process-wide file descriptors, which two threads at once
+would leave swapped for good).
 
 Before decoding, the image header is read with Pillow: a 400-megapixel PNG of a few KB (a
 decompression bomb) is refused on its declared size, and a JPEG or PNG without its end marker
@@ -23,6 +25,7 @@ import io
 import os
 import re
 import struct
+import threading
 import time
 import warnings
 
@@ -43,6 +46,7 @@ from openwit.pipeline.core.records import (
 )
 from openwit.pipeline.images.fetch import Fetcher
 from openwit.pipeline.images.hosts import HostGate, host_of
+from openwit.pipeline.images.resize import encode_jpeg, pixels_phash, plan_jpeg, shrink_jpeg
 
 JPEG_END = b"\xff\xd9"
 JPEG_TRAILING_SLACK = 4096  # some encoders append padding or vendor data after the end marker
@@ -82,6 +86,18 @@ def load_img2dataset():
     return downloader, resizer
 
 
+def load_resizer():
+    return load_img2dataset()[1]
+
+
+def is_disallowed(headers, user_agent_token, directives) -> bool:
+    """img2dataset's X-Robots-Tag matcher, imported only when a response carries the header."""
+    if not headers.get_all("X-Robots-Tag"):
+        return False
+    downloader, _ = load_img2dataset()
+    return downloader.is_disallowed(headers, user_agent_token, directives)
+
+
 def is_complete(image_format: str | None, data: bytes) -> bool:
     if image_format == "JPEG":
         end = data.rfind(JPEG_END)
@@ -92,20 +108,43 @@ def is_complete(image_format: str | None, data: bytes) -> bool:
 
 
 class ImageProcessor:
-    """Downloaded bytes -> (sample fields, None) or (None, (reason, detail))."""
+    """Downloaded bytes -> (sample fields, None) or (None, (reason, detail)).
+
+    `resizer_module`: img2dataset's resizer module, or a function that imports it (the
+    download stage passes `load_resizer`, so that a list of plain JPEGs never pays for
+    img2dataset's import, which takes seconds: wandb, albumentations, torch).
+    """
 
     def __init__(self, config: DownloadConfig, resizer_module):
+        import cv2
+
+        # One thread per image: the fetch pool already runs as many images at once as
+        # there are threads, and OpenCV's own pool would only oversubscribe the cores.
+        cv2.setNumThreads(1)
         self._config = config
-        self._resize = resizer_module.Resizer(
-            image_size=config.image_size,
-            resize_mode=config.resize_mode,
-            resize_only_if_bigger=config.resize_only_if_bigger,
-            encode_quality=config.encode_quality,
-            encode_format="jpg",
-            min_image_size=config.min_image_size,
-            max_image_area=config.max_image_area,
-            max_aspect_ratio=config.max_aspect_ratio,
-        )
+        self._resizer_module = resizer_module
+        self._resizer = None
+        # The Resizer silences stdout/stderr by swapping process-wide file descriptors: two
+        # threads inside it at once would leave them swapped for good.
+        self._resizer_lock = threading.Lock()
+
+    def _resize(self, stream):
+        """img2dataset's Resizer on `stream`; call it holding `_resizer_lock`."""
+        if self._resizer is None:
+            module = self._resizer_module
+            module = module() if callable(module) else module
+            c = self._config
+            self._resizer = module.Resizer(
+                image_size=c.image_size,
+                resize_mode=c.resize_mode,
+                resize_only_if_bigger=c.resize_only_if_bigger,
+                encode_quality=c.encode_quality,
+                encode_format="jpg",
+                min_image_size=c.min_image_size,
+                max_image_area=c.max_image_area,
+                max_aspect_ratio=c.max_aspect_ratio,
+            )
+        return self._resizer(stream)
 
     def __call__(self, data: bytes):
         from PIL import Image
@@ -116,6 +155,7 @@ class ImageProcessor:
                 with Image.open(io.BytesIO(data)) as header:
                     image_format, (width, height) = header.format, header.size
                     needs_pillow = needs_pillow_decode(header)
+                    grey = header.mode == "L"
         except Image.DecompressionBombError as err:
             return None, (Reason.IMAGE_TOO_LARGE, str(err))
         except DECODER_ERRORS as err:  # UnidentifiedImageError is an OSError
@@ -124,29 +164,50 @@ class ImageProcessor:
             return None, (Reason.IMAGE_TOO_LARGE, f"{width}x{height} pixels")
         if not is_complete(image_format, data):
             return None, (Reason.TRUNCATED_IMAGE, f"{image_format} without its end marker")
-        pixels = data
+        c = self._config
+        plan = None if needs_pillow or image_format != "JPEG" else plan_jpeg(
+            width, height, grey, c.image_size, c.resize_mode)
         # A decoder that meets hostile bytes can raise almost anything; each is this
         # candidate's counted decode_error, never the bundle's failure.
         try:
-            if needs_pillow:
-                pixels = plain_rgb_png(data)
-            encoded, width, height, original_width, original_height, error = self._resize(
-                io.BytesIO(pixels)
-            )
+            if plan is not None:
+                problem = self._size_problem(width, height)
+                if problem is not None:
+                    return None, problem
+                pixels = shrink_jpeg(data, plan, c.resize_mode, c.image_size)
+                encoded, phash = encode_jpeg(pixels, c.encode_quality), pixels_phash(pixels)
+                (height_out, width_out), original_width, original_height = (
+                    pixels.shape[:2], width, height)
+            else:
+                with self._resizer_lock:
+                    encoded, width_out, height_out, original_width, original_height, error = (
+                        self._resize(io.BytesIO(plain_rgb_png(data) if needs_pillow else data)))
+                if error is not None:
+                    return None, (RESIZER_ERRORS.get(error, Reason.DECODE_ERROR), error)
+                phash = perceptual_hash(encoded)
         except Exception as err:  # noqa: BLE001 (see above)
             return None, (Reason.DECODE_ERROR, f"{type(err).__name__}: {without_addresses(err)}")
-        if error is not None:
-            return None, (RESIZER_ERRORS.get(error, Reason.DECODE_ERROR), error)
         return {
             "jpg": encoded,
-            "width": int(width),
-            "height": int(height),
+            "width": int(width_out),
+            "height": int(height_out),
             "original_width": int(original_width),
             "original_height": int(original_height),
             "original_bytes": len(data),
             "sha256": hashlib.sha256(data).hexdigest(),
-            "phash": perceptual_hash(encoded),
+            "phash": phash,
         }, None
+
+    def _size_problem(self, width: int, height: int):
+        """The Resizer's size checks, in its order and words, on the header's size."""
+        c = self._config
+        for error, failed in (("image too small", min(width, height) < c.min_image_size),
+                              ("image area too large", width * height > c.max_image_area),
+                              ("aspect ratio too large",
+                               max(width, height) / min(width, height) > c.max_aspect_ratio)):
+            if failed:
+                return RESIZER_ERRORS[error], error
+        return None
 
 
 # What img2dataset's Resizer (OpenCV's decoder) gets right by itself: 8-bit RGB or grey,
@@ -227,13 +288,15 @@ class DownloadFn(beam.DoFn):
         self._config = config
 
     def setup(self):
-        downloader, resizer = load_img2dataset()
         self._hosts = HostGate(self._config)
-        self._fetcher = Fetcher(self._config, downloader.is_disallowed, hosts=self._hosts)
-        self._process_image = ImageProcessor(self._config, resizer)
+        self._fetcher = Fetcher(self._config, is_disallowed, hosts=self._hosts)
+        self._process_image = ImageProcessor(self._config, load_resizer)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=self._config.threads, thread_name_prefix="openwit-fetch"
         )
+        # As many images decoded at once as there are cores: more threads at it only fight
+        # for the GIL with the scheduler (this thread), which would then dispatch late.
+        self._processing_slots = threading.BoundedSemaphore(os.cpu_count() or 1)
         self._max_in_flight = 2 * self._config.threads
         self._max_waiting = WAITING_PER_THREAD * self._config.threads
         # A fetch ends by its own deadlines; one that has not, this long after it was handed
@@ -306,7 +369,7 @@ class DownloadFn(beam.DoFn):
                    and self._hosts.try_acquire(host)):
                 shard, candidate = queue.popleft()
                 self._waiting_count -= 1
-                future = self._pool.submit(self._fetcher.fetch, candidate["url"])
+                future = self._pool.submit(self._fetch_and_process, candidate["url"], host)
                 self._in_flight[future] = (shard, candidate, host, time.monotonic())
                 served = True
             if not queue:
@@ -338,20 +401,30 @@ class DownloadFn(beam.DoFn):
         for future, (shard, candidate, host, started) in list(self._in_flight.items()):
             if now - started >= self._stuck_after:
                 del self._in_flight[future]
-                # The fetch may still be running (a started future cannot be cancelled):
-                # its host slot is given back when it really ends.
+                # A fetch that has started gives its host slot back itself when it really
+                # ends; one still queued in the pool never will.
                 if future.cancel():
                     self._hosts.release(host)
-                else:
-                    future.add_done_callback(lambda _, host=host: self._hosts.release(host))
                 yield self._fail(shard, candidate, Reason.TIMEOUT,
                                  f"still in flight {self._stuck_after:g} s after it was started")
         yield from self._dispatch()
 
+    def _fetch_and_process(self, url: str, host: str):
+        """On a pool thread: the fetch (holding the host's slot, and only the fetch), then
+        the image's checks, resize and hashes (the decoders and the encoder release the
+        GIL, so images are processed on all cores)."""
+        try:
+            result = self._fetcher.fetch(url)
+        finally:
+            self._hosts.release(host)
+        if result.body is None:
+            return result, None, None
+        with self._processing_slots:
+            return result, *self._process_image(result.body)
+
     def _complete(self, future):
         shard, candidate, host, _ = self._in_flight.pop(future)
-        self._hosts.release(host)
-        result = future.result()
+        result, fields, problem = future.result()
         if result.deferred:
             if self._hosts.given_up(host):
                 return self._fail(shard, candidate, Reason.HOST_BACKED_OFF,
@@ -362,7 +435,6 @@ class DownloadFn(beam.DoFn):
         if result.body is None:
             return self._fail(shard, candidate, result.reason, result.detail)
         self._bytes.inc(len(result.body))
-        fields, problem = self._process_image(result.body)
         if problem is not None:
             return self._fail(shard, candidate, *problem)
         self._ok.inc()

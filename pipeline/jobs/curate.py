@@ -47,9 +47,9 @@ def clear_text_outputs(output: str) -> None:
     clear_work_folder(output)
 
 
-def clear_work_folder(output: str) -> None:
-    storage.delete(storage.glob(storage.join(output, WORK_FOLDER, "*")))
-    work = storage.join(output, WORK_FOLDER)
+def clear_work_folder(output: str, folder: str = WORK_FOLDER) -> None:
+    storage.delete(storage.glob(storage.join(output, folder, "*")))
+    work = storage.join(output, folder)
     if FileSystems.exists(work) and not storage.glob(storage.join(work, "*")):
         FileSystems.delete([work])
 
@@ -69,7 +69,9 @@ def curate(config: CurateConfig, options: PipelineOptions) -> dict:
 
 
 def finish_stats(output: str, started: float, extra: dict | None = None) -> dict:
-    """Adds the wall time (and `extra`) to the stats.json the job wrote, and returns it."""
+    """Adds the wall time (and `extra`) to the stats.json the job wrote, and returns it.
+    Staged images every shard writer has taken are gone by now: their folder goes too."""
+    clear_work_folder(output, layout.STAGED_FOLDER)
     stats_path = storage.join(output, layout.STATS_FILE)
     stats = storage.read_json(stats_path)
     stats.update(extra or {})

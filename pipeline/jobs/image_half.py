@@ -1,6 +1,7 @@
 """The image half (stages 7-11): curated candidates -> a finished WebDataset corpus.
 
-    curated -> plan shards -> download + resize -> dedup images -> exact cap -> write shards
+    curated -> plan shards -> download + resize -> stage images -> dedup images -> exact cap
+            -> write shards
             -> summary (stats.json, query_counts.parquet, sizes.json)
 
 `ImageHalf` is the half as one composite transform; `openwit download` (jobs/download.py) runs
@@ -18,7 +19,7 @@ from openwit.pipeline.images.download import DownloadImages
 from openwit.pipeline.images.image_dedup import FindImageDuplicates
 from openwit.pipeline.shards.plan import PlanShards, read_written_samples
 from openwit.pipeline.shards.summary import REUSED_MARK, WriteSummary
-from openwit.pipeline.shards.writer import WriteShards
+from openwit.pipeline.shards.writer import StageImages, WriteShards
 
 
 def _light(shard_and_sample):
@@ -54,16 +55,17 @@ class ImageHalf(beam.PTransform):
             config.shards.samples_per_shard, self._completed
         )
         downloaded = plan.pending | "Download" >> DownloadImages(config.download)
+        staged = downloaded.kept | "Stage images" >> beam.ParDo(StageImages(output))
         written = plan.reused | "Samples of completed shards" >> beam.FlatMap(
             read_written_samples(output)
         )
-        duplicates = downloaded.kept | "Find duplicate images" >> FindImageDuplicates(
+        duplicates = staged | "Find duplicate images" >> FindImageDuplicates(
             written | "Hashes of completed shards" >> beam.Map(
                 lambda s: (s["sha256"], s["key"], s["shard"]))
         )
         survivors = (
             {
-                "sample": downloaded.kept | "Key and queries" >> beam.Map(_light),
+                "sample": staged | "Key and queries" >> beam.Map(_light),
                 "duplicate": duplicates | "Loser keys" >> beam.Map(lambda kv: (kv[1]["key"], True)),
             }
             | "Join duplicates" >> beam.CoGroupByKey()
@@ -79,7 +81,7 @@ class ImageHalf(beam.PTransform):
         )
         drops = (duplicates, over_cap) | "Late drops" >> beam.Flatten()
         new_shard_stats = {
-            "samples": downloaded.kept,
+            "samples": staged,
             "failures": downloaded.failed,
             "drops": drops,
             "plan": plan.pending_plans,

@@ -1,49 +1,138 @@
-"""Stage 11: write each shard once all of its samples, failures and late drops are known.
+"""Stage 8½, staging the downloaded images, and stage 11, writing each shard once all of its
+samples, failures and late drops are known.
 
-All of a shard's samples, failures and late drops (duplicate images, the exact cap) meet in
-one CoGroupByKey; the samples are sorted by key and written as `NNNNNN.tar` (webdataset's
-TarWriter, fixed mtime and owner, so reruns are byte-identical), `NNNNNN.parquet` (the same
-metadata, one row per sample) and `NNNNNN_stats.json`, last, as the completion marker; the
-shard's failures go to `failures/shard-NNNNNN.parquet`. Every file is written under a temporary
-name and renamed into place. `encode_tar` is the one way openwit writes a tar (the demo's
-unbalanced arm uses it too).
-"""
+`StageImages` writes the images to `_staged/` where they were downloaded, so that only the
+samples' metadata crosses the shuffles. All of a shard's samples, failures and late drops
+(duplicate images, the exact cap) meet in one CoGroupByKey; the writer reads the shard's
+staged images back, sorts the samples by key and writes `NNNNNN.tar` (a webdataset tar
+streamed to its file, with fixed mtime and owner, so reruns are byte-identical),
+`NNNNNN.parquet` (the same metadata, one row per sample) and `NNNNNN_stats.json`, last, as
+the completion marker; the shard's failures go to `failures/shard-NNNNNN.parquet`. Every file
+is written under a temporary name and renamed into place. `write_tar` is the one way openwit
+writes a tar (`encode_tar` for bytes in memory; the demo's unbalanced arm uses it too)."""
 
 from __future__ import annotations
 
 import collections
 import io
 import json
+import tarfile
+import uuid
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from webdataset import TarWriter
 
 from openwit.pipeline.core import layout, storage
 from openwit.pipeline.core.layout import FAILURE_SCHEMA, SAMPLE_FIELDS, SAMPLE_SCHEMA, shard_name
 from openwit.pipeline.core.progress import LOGGER
-from openwit.pipeline.core.records import Reason, opt_out_directives
+from openwit.pipeline.core.records import Reason, in_global_window, opt_out_directives
 
 TAR_MTIME = 0  # a fixed timestamp: the same inputs give the same bytes on every rerun
 TAR_OWNER = "openwit"
+TAR_MODE = 0o444
 
 
 def sample_metadata(sample: dict) -> dict:
     return {field: sample[field] for field in SAMPLE_FIELDS}
 
 
+def write_tar(samples, stream, metadata: bool = True) -> None:
+    """Samples as a webdataset tar on `stream`, written as they come: for each sample in
+    order, KEY.jpg, KEY.json, KEY.txt (adjacent, sorted by extension), USTAR headers, mode
+    0444, a fixed owner and mtime, so the same samples give the same bytes.
+    `metadata=False`: KEY.jpg only (a staged file)."""
+    with tarfile.open(fileobj=stream, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+        for sample in samples:
+            members = {"jpg": sample["jpg"]}
+            if metadata:
+                members["json"] = json.dumps(sample_metadata(sample), sort_keys=True,
+                                             ensure_ascii=False).encode("utf-8")
+                members["txt"] = sample["caption"].encode("utf-8")
+            for extension, data in members.items():
+                info = tarfile.TarInfo(f"{sample['key']}.{extension}")
+                info.size, info.mtime, info.mode = len(data), TAR_MTIME, TAR_MODE
+                info.uname = info.gname = TAR_OWNER
+                tar.addfile(info, io.BytesIO(data))
+
+
 def encode_tar(samples: list[dict]) -> bytes:
     buffer = io.BytesIO()
-    with TarWriter(buffer, user=TAR_OWNER, group=TAR_OWNER, mtime=TAR_MTIME, encoder=False) as tar:
-        for sample in samples:
-            metadata = sample_metadata(sample)
-            tar.write({
-                "__key__": sample["key"],
-                "jpg": sample["jpg"],
-                "txt": sample["caption"].encode("utf-8"),
-                "json": json.dumps(metadata, sort_keys=True, ensure_ascii=False).encode("utf-8"),
-            })
+    write_tar(samples, buffer)
     return buffer.getvalue()
+
+
+STAGED_FIELD = "staged"  # a sample's jpg waits in this file (see StageImages)
+STAGE_FLUSH_BYTES = 64 * 1024 * 1024  # one bundle's images held per shard before a file
+
+
+class StageImages(beam.DoFn):
+    """(shard, sample with its jpg) -> (shard, sample without it, naming the file it is in).
+
+    The image bytes go to storage here, in the worker that downloaded them, as tars of up to
+    STAGE_FLUSH_BYTES per (shard, bundle); only the samples' metadata travels on to dedup,
+    the cap and the shard writer. A runner copies every element it shuffles several times
+    over (the local runners' in-memory and gRPC data planes alike), and a corpus's images
+    are nearly all of its bytes. A retried bundle writes files of its own (each name has a
+    random part); the writer reads only the files its samples name and deletes the rest.
+    """
+
+    def __init__(self, output: str):
+        self._output = output
+
+    def start_bundle(self):
+        self._pending: dict[int, list[dict]] = {}
+        self._pending_bytes: dict[int, int] = {}
+
+    def process(self, shard_and_sample):
+        shard, sample = shard_and_sample
+        self._pending.setdefault(shard, []).append(sample)
+        self._pending_bytes[shard] = self._pending_bytes.get(shard, 0) + len(sample["jpg"])
+        if self._pending_bytes[shard] >= STAGE_FLUSH_BYTES:
+            yield from self._flush(shard)
+
+    def finish_bundle(self):
+        for shard in list(self._pending):
+            for output in self._flush(shard):
+                yield in_global_window(output)
+
+    def _flush(self, shard):
+        samples = self._pending.pop(shard)
+        del self._pending_bytes[shard]
+        path = layout.staged_path(self._output, shard, uuid.uuid4().hex)
+        with storage.create_atomic(path) as stream:
+            write_tar(samples, stream, metadata=False)
+        for sample in samples:
+            light = {k: v for k, v in sample.items() if k != "jpg"}
+            light[STAGED_FIELD] = path
+            yield shard, light
+
+
+def read_staged_images(paths, keys: set[str]) -> dict[str, bytes]:
+    """key -> jpg for `keys`, from the staged tars at `paths` (read in memory)."""
+    images = {}
+    for path in sorted(paths):
+        with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(path)), mode="r:") as tar:
+            for member in tar:
+                key, _, extension = member.name.partition(".")
+                if extension == "jpg" and key in keys and member.isfile():
+                    images[key] = tar.extractfile(member).read()
+    return images
+
+
+class _CountingWriter(io.RawIOBase):
+    """Passes writes on to a stream and counts their bytes (the tar's size, for the stats)."""
+
+    def __init__(self, stream):
+        super().__init__()
+        self._stream, self.written = stream, 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self._stream.write(data)
+        self.written += len(data)
+        return len(data)
 
 
 class WriteShardFn(beam.DoFn):
@@ -73,12 +162,18 @@ class WriteShardFn(beam.DoFn):
                 written.append(sample)
         failures.sort(key=lambda f: (f["key"] or "", f["stage"]))
         paths = layout.shard_paths(self._output, shard)
+        staged = {s[STAGED_FIELD] for s in written if STAGED_FIELD in s}
+        if staged:
+            images = read_staged_images(staged, {s["key"] for s in written})
+            written = [{**s, "jpg": images[s["key"]]} if STAGED_FIELD in s else s
+                       for s in written]
 
         tar_bytes = 0
         if written:
-            tar = encode_tar(written)
-            tar_bytes = len(tar)
-            storage.write_bytes_atomic(paths["tar"], tar)
+            with storage.create_atomic(paths["tar"]) as stream:
+                counted = _CountingWriter(stream)
+                write_tar(written, counted)
+                tar_bytes = counted.written
             storage.write_bytes_atomic(
                 paths["parquet"], storage.encode_parquet([sample_metadata(s) for s in written],
                                                  SAMPLE_SCHEMA)
@@ -108,6 +203,9 @@ class WriteShardFn(beam.DoFn):
         }
         # The completion marker: written last, so a shard with stats is a whole shard.
         storage.write_json_atomic(paths["stats"], stats)
+        # This shard's staged images, and any a failed attempt of a bundle left.
+        storage.delete(sorted(staged | set(storage.glob(layout.staged_pattern(self._output,
+                                                                              shard)))))
         LOGGER.info("shard %s written: %s samples, %s dropped", shard_name(shard),
                     f"{len(written):,}", f"{len(failures):,}")
         self._shards.inc()
