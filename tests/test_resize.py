@@ -24,7 +24,7 @@ from openwit.pipeline.images.download import ImageProcessor, load_img2dataset
 def photo_jpeg(width: int, height: int, seed: int = 0, quality: int = 90, grey=False) -> bytes:
     """Smooth shapes over 1/f-ish noise: detail at every scale, as in a photograph."""
     rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (max(2, height // 16), max(2, width // 16), 3), np.uint8)
+    small = rng.integers(0, 256, (max(2, height // 64), max(2, width // 64), 3), np.uint8)
     image = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC).astype(np.int16)
     image += rng.integers(-20, 21, (height, width, 3), dtype=np.int16)
     image = np.clip(image, 0, 255).astype(np.uint8)

@@ -32,7 +32,7 @@ PHASH_SIDE = 64
 
 @dataclasses.dataclass(frozen=True)
 class ResizePlan:
-    """Output size before borders or cropping, and the smallest decoded size that keeps it."""
+    """The output size before borders or cropping, and whether the JPEG is grey."""
 
     width: int
     height: int

@@ -203,9 +203,8 @@ class WriteShardFn(beam.DoFn):
         }
         # The completion marker: written last, so a shard with stats is a whole shard.
         storage.write_json_atomic(paths["stats"], stats)
-        # This shard's staged images, and any a failed attempt of a bundle left.
-        storage.delete(sorted(staged | set(storage.glob(layout.staged_pattern(self._output,
-                                                                              shard)))))
+        # Every staged file of this shard: its samples', and any a failed bundle attempt left.
+        storage.delete(storage.glob(layout.staged_pattern(self._output, shard)))
         LOGGER.info("shard %s written: %s samples, %s dropped", shard_name(shard),
                     f"{len(written):,}", f"{len(failures):,}")
         self._shards.inc()
