@@ -81,9 +81,17 @@ class LocalSite:
                     site.request_times.append((time.monotonic(), self.path))
                     site.in_flight += 1
                     site.peak_in_flight = max(site.peak_in_flight, site.in_flight)
+                self._answering = True
                 try:
                     self._route(hit)
                 finally:
+                    self._answered()
+
+            def _answered(self):
+                # Counted out just before the client can see the end of the answer: a client
+                # may open its next connection before this thread runs again.
+                if self._answering:
+                    self._answering = False
                     with site._lock:
                         site.in_flight -= 1
 
@@ -92,6 +100,7 @@ class LocalSite:
                 if route is None:
                     self.send_response(404)
                     self.send_header("Content-Length", "0")
+                    self._answered()
                     self.end_headers()
                     return
                 sequence = [route, *route.then]
@@ -107,13 +116,18 @@ class LocalSite:
                 for name, value in route.headers.items():
                     self.send_header(name, value)
                 self.send_header("Content-Length", str(len(route.body)))
+                if not route.body:
+                    self._answered()
                 self.end_headers()
                 if not route.trickle_seconds:
+                    self._answered()
                     self.wfile.write(route.body)
                     return
                 pieces = 20
                 step = max(1, len(route.body) // pieces)
                 for start in range(0, len(route.body), step):
+                    if start + step >= len(route.body):
+                        self._answered()
                     self.wfile.write(route.body[start:start + step])
                     self.wfile.flush()
                     time.sleep(route.trickle_seconds / pieces)

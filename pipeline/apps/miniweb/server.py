@@ -154,11 +154,23 @@ class _Handler(BaseHTTPRequestHandler):
         # A log line per request would cost more than serving the image.
         pass
 
+    # True from the moment a request is read until its answer is all but sent.
+    _answering = False
+
     def do_GET(self) -> None:
+        self._answering = True
         self.server.started()
         try:
             self._answer(urlsplit(self.path).path)
         finally:
+            self._answered()
+
+    def _answered(self) -> None:
+        """The request stops counting as in flight just before the client can see its end:
+        a client that opens its next connection the moment it has read the last byte is
+        polite, and may do so before this thread runs again."""
+        if self._answering:
+            self._answering = False
             self.server.finished()
 
     def _answer(self, path: str) -> None:
@@ -182,7 +194,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for name, value in headers.items():
             self.send_header(name, value)
+        if not body:
+            self._answered()
         self.end_headers()
+        self._answered()
         self.wfile.write(body)
 
     def _image(self, route: Route) -> bytes:
@@ -242,6 +257,8 @@ class _Handler(BaseHTTPRequestHandler):
         piece = -(-len(body) // _TRICKLE_STEPS)
         try:
             for start in range(0, len(body), piece):
+                if start + piece >= len(body):
+                    self._answered()
                 self.wfile.write(body[start : start + piece])
                 if self.server.stopping.wait(pause):
                     return
@@ -257,6 +274,7 @@ class _Handler(BaseHTTPRequestHandler):
         # holds a reference that would otherwise keep the socket open.
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.rfile.close()
+        self._answered()
         self.connection.close()
         self.close_connection = True
 
