@@ -178,6 +178,7 @@ def profile(web, count: int, side_by_side: str | None) -> float:
     from openwit.pipeline.images import resize
     from openwit.pipeline.images.config import DownloadConfig
     from openwit.pipeline.images.download import is_complete, needs_pillow_decode
+    from openwit.pipeline.images.image_hash import ImageHasher
     from openwit.pipeline.images.fetch import Fetcher
     from openwit.pipeline.core import storage
     from openwit.pipeline.core.layout import SAMPLE_SCHEMA
@@ -193,8 +194,9 @@ def profile(web, count: int, side_by_side: str | None) -> float:
     index = 0
     warm = fetcher.fetch(web.url(next(i for i in range(web.photos)
                                       if photo_web.fate(i)[0] == "ok"))).body
-    resize.pixels_phash(resize.shrink_jpeg(warm, resize.plan_jpeg(
-        *Image.open(io.BytesIO(warm)).size, False, IMAGE_SIZE, "border"), "border", IMAGE_SIZE))
+    hasher = ImageHasher()
+    hasher.of_pixels(resize.decode_reduced(warm, resize.plan_jpeg(
+        *Image.open(io.BytesIO(warm)).size, False, IMAGE_SIZE, "border")))
     while len(samples) < count and index < web.photos:
         if photo_web.fate(index)[0] != "ok":
             index += 1
@@ -214,7 +216,7 @@ def profile(web, count: int, side_by_side: str | None) -> float:
         t4 = clock()
         encoded = resize.encode_jpeg(pixels, QUALITY)
         t5 = clock()
-        digest, phash = hashlib.sha256(data).hexdigest(), resize.pixels_phash(pixels)
+        digest, phash = hashlib.sha256(data).hexdigest(), hasher.of_pixels(decoded)
         t6 = clock()
         full = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         t7 = clock()

@@ -28,7 +28,7 @@ def test_valid_jpeg_is_resized_and_hashed(process):
     assert (fields["width"], fields["height"]) == (64, 64)  # border mode pads to a square
     assert (fields["original_width"], fields["original_height"]) == (320, 240)
     assert fields["sha256"] == hashlib.sha256(data).hexdigest()
-    assert len(fields["phash"]) == 16
+    assert len(fields["phash"]) == DownloadConfig().hasher.hex_length
     with Image.open(io.BytesIO(fields["jpg"])) as image:
         assert image.format == "JPEG" and image.size == (64, 64)
 

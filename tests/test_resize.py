@@ -17,6 +17,7 @@ from PIL import Image
 
 from openwit.pipeline.core.records import Reason
 from openwit.pipeline.images import download, resize
+from openwit.pipeline.images.image_hash import hamming
 from openwit.pipeline.images.config import RESIZE_MODES, DownloadConfig
 from openwit.pipeline.images.download import ImageProcessor, load_img2dataset
 
@@ -104,8 +105,8 @@ def test_only_downscaled_plain_jpegs_take_the_reduced_path():
 ])
 def test_which_path_each_image_takes(resizer_module, monkeypatch, data, kind):
     calls = []
-    real = resize.shrink_jpeg
-    monkeypatch.setattr(download, "shrink_jpeg", lambda *a: calls.append("reduced") or real(*a))
+    real = resize.decode_reduced
+    monkeypatch.setattr(download, "decode_reduced", lambda *a: calls.append("reduced") or real(*a))
     process = ImageProcessor(DownloadConfig(), resizer_module)
     fields, problem = process(data)
     assert problem is None
@@ -159,13 +160,18 @@ def test_threads_share_one_processor(resizer_module):
     assert [(os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in (1, 2)] == descriptors
 
 
-def test_phash_is_of_the_stored_pixels():
-    data = photo_jpeg(800, 600, seed=5)
-    fields, _ = ImageProcessor(DownloadConfig(), None)(data)
-    stored = decoded(fields["jpg"])
-    again = resize.pixels_phash(stored)
-    distance = bin(int(fields["phash"], 16) ^ int(again, 16)).count("1")
-    assert distance <= 4  # the JPEG's small loss moves a few bits at most
+@pytest.mark.parametrize("mode, encode", [  # jpeg: the reduced path; png: the Resizer's
+    ("border", "jpeg"), ("center_crop", "jpeg"), ("keep_ratio", "jpeg"),
+    ("border", "png"), ("keep_ratio", "png")])  # the Resizer's centre crop hides the rest
+def test_the_hash_is_of_the_whole_picture_as_an_evaluation_file_is_hashed(
+        resizer_module, mode, encode):
+    picture = decoded(photo_jpeg(800, 600, seed=5))
+    data = cv2.imencode(f".{'jpg' if encode == 'jpeg' else encode}", picture,
+                        [int(cv2.IMWRITE_JPEG_QUALITY), 95])[1].tobytes()
+    fields, _ = ImageProcessor(DownloadConfig(resize_mode=mode), resizer_module)(data)
+    as_a_file = DownloadConfig().hasher.of_bytes(data)
+    # Border, crop or neither, the same picture: a few bits from the resampling at most.
+    assert hamming(fields["phash"], as_a_file) <= 6
 
 
 @pytest.mark.parametrize("mode", ["no", "keep_ratio_largest"])

@@ -1,4 +1,4 @@
-"""The `openwit` command: curate, download, build, queries, train, eval, demo, web, report.
+"""The `openwit` command: curate, download, build, hashes, queries, train, eval, demo, web, report.
 
 One route from a command line to a config: the command's own parser (its flags are defined
 beside the conversion to its config dataclass, in the module named in its `*_flags` function
@@ -232,6 +232,20 @@ def run_report(args, beam_args) -> int:
     return 0
 
 
+def hashes_flags(parser):
+    from openwit.pipeline.images.eval_set import add_hashes_flags
+
+    add_hashes_flags(parser)
+
+
+def run_hashes(args, beam_args) -> int:
+    from openwit.pipeline.images.eval_set import run_hashes as hashes
+
+    if beam_args:
+        raise ConfigError(f"unknown flags: {' '.join(beam_args)}")
+    return hashes(args)
+
+
 @dataclasses.dataclass(frozen=True)
 class Command:
     name: str
@@ -249,6 +263,8 @@ COMMANDS = (
             download_flags, run_download, DOWNLOAD_EPILOG),
     Command("build", "candidate URL/caption lists -> WebDataset shards (curate + download)",
             build_flags, run_build, BUILD_EPILOG),
+    Command("hashes", "perceptual hashes of an evaluation set, for --exclude-images",
+            hashes_flags, run_hashes),
     Command("queries", "build the concept query table (Wikipedia, WordNet, word frequencies)",
             queries_flags, run_queries, QUERIES_EPILOG),
     Command("train", "train a CLIP model on WebDataset shards (openwit's or img2dataset's)",

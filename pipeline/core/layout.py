@@ -19,6 +19,10 @@ Three folders have a fixed shape, and each name below is defined here and nowher
         queries.parquet                QUERY_TABLE_SCHEMA
         stats.json
 
+    hash list (`openwit hashes`; read by --exclude-images)
+        FILE.json                      {"format": HASH_LIST_FORMAT, "kind", "size",
+                                        "hashes": [[hash, source]], "unreadable": [...]}
+
     run folder (`openwit train`, `openwit eval`)
         checkpoints/latest.pt          the checkpoint (a plain dict)
         tokenizer.json                 the tokenizer trained on the shards' captions
@@ -135,6 +139,8 @@ def staged_pattern(output: str, index: int) -> str:
 def sizes_path(shards_folder: str) -> str:
     return storage.join(shards_folder, SIZES_FILE)
 
+
+HASH_LIST_FORMAT = "openwit-image-hashes/1"
 
 # --------------------------------------------------------------------- query table folder
 

@@ -77,6 +77,8 @@ class Reason:
     BALANCED_OUT = "balanced_out"
     OVER_QUERY_CAP = "over_query_cap"
     DUPLICATE_IMAGE = "duplicate_image"
+    NEAR_DUPLICATE = "near_duplicate"  # detail: the distance and the key kept instead
+    EVAL_DUPLICATE = "eval_duplicate"  # detail: the distance and the evaluation image
     # download: policy, transport, HTTP
     URL_BLOCKED = "url_blocked"
     REDIRECT_BLOCKED = "redirect_blocked"

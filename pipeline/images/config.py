@@ -51,12 +51,29 @@ class DownloadConfig:
     min_image_size: int = 32
     max_image_area: float = 89_478_485  # Pillow's decompression-bomb threshold
     max_aspect_ratio: float = 5.0
+    hash_kind: str = "phash"  # the perceptual hash of each image (image_hash.HASH_KINDS)
+    hash_size: int = 16  # a hash of hash_size x hash_size bits
+
+    @property
+    def hasher(self):
+        from openwit.pipeline.images.image_hash import ImageHasher
+
+        return ImageHasher(self.hash_kind, self.hash_size)
 
 
 @dataclasses.dataclass(frozen=True)
 class CapConfig:
     per_query_cap: int = 20000
     seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class DedupConfig:
+    """Near-duplicates and evaluation images (stage 10), on the download stage's hashes."""
+
+    near_distance: int = 8  # bits; benchmarks/RESULTS.md has the measurement behind it
+    hot_bucket: int = 2048  # hashes of one band value compared directly; more are sub-split
+    exclude_images: tuple[str, ...] = ()  # image folders, WebDataset shards, hash lists
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +89,17 @@ class ImageHalfConfig:
     cap: CapConfig
     download: DownloadConfig
     shards: ShardConfig
+    dedup: DedupConfig = DedupConfig()
 
     def validate(self) -> None:
         d = self.download
+        problem = d.hasher.validate()
+        if problem is not None:
+            raise ConfigError(f"--hash-kind/--hash-size: {problem}")
+        if not 0 <= self.dedup.near_distance < d.hasher.bits // 2:
+            raise ConfigError(f"--near-duplicate-distance must be in [0, {d.hasher.bits // 2})")
+        if self.dedup.hot_bucket < 2:
+            raise ConfigError("--hot-bucket must be at least 2")
         if self.cap.per_query_cap < 1:
             raise ConfigError("--per-query-cap must be at least 1")
         if self.shards.samples_per_shard < 1:
@@ -156,10 +181,35 @@ def add_download_stage_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(g, "--min-image-size", type=int, default=d.min_image_size)
     add_flag(g, "--max-image-area", type=float, default=d.max_image_area)
     add_flag(g, "--max-aspect-ratio", type=float, default=d.max_aspect_ratio)
+    add_hash_flags(g)
+    add_dedup_flags(parser)
     g = parser.add_argument_group("shards")
     add_flag(g, "--samples-per-shard", type=int,
              default=ShardConfig.samples_per_shard,
              help="candidates per shard before download (img2dataset's convention)")
+
+
+def add_hash_flags(group) -> None:
+    d = DownloadConfig()
+    add_flag(group, "--hash-kind", default=d.hash_kind, choices=("phash", "dhash", "ahash", "whash"),
+             help="imagehash's perceptual hash of every image (near-duplicates compare these)")
+    add_flag(group, "--hash-size", type=int, default=d.hash_size,
+             help="hashes of SIZE x SIZE bits")
+
+
+def add_dedup_flags(parser: argparse.ArgumentParser) -> None:
+    c = DedupConfig()
+    g = parser.add_argument_group("near-duplicates and evaluation images")
+    add_flag(g, "--near-duplicate-distance", type=int, default=c.near_distance, metavar="BITS",
+             help="images whose hashes differ in at most this many bits are one image (the "
+                  "smallest key is kept); 0: identical hashes only")
+    add_flag(g, "--hot-bucket", type=int, default=c.hot_bucket,
+             help="hashes sharing one band value compared directly; a bigger bucket is "
+                  "sub-split on the bits its members differ in")
+    g.add_argument("--exclude-images", nargs="+", default=[], metavar="PATH",
+                   help="remove every image within the distance of one of these: image "
+                        "folders, WebDataset .tar shards (or folders of them), or a hash list "
+                        "from `openwit hashes`")
 
 
 def add_download_flags(parser: argparse.ArgumentParser) -> None:
@@ -208,9 +258,14 @@ def image_half_config(args: argparse.Namespace, default_cap: int) -> ImageHalfCo
             min_image_size=args.min_image_size,
             max_image_area=args.max_image_area,
             max_aspect_ratio=args.max_aspect_ratio,
+            hash_kind=args.hash_kind,
+            hash_size=args.hash_size,
         ),
         shards=ShardConfig(output=args.output.rstrip("/"),
                            samples_per_shard=args.samples_per_shard),
+        dedup=DedupConfig(near_distance=args.near_duplicate_distance,
+                          hot_bucket=args.hot_bucket,
+                          exclude_images=tuple(args.exclude_images)),
     )
     config.validate()
     return config

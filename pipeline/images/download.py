@@ -46,12 +46,18 @@ from openwit.pipeline.core.records import (
 )
 from openwit.pipeline.images.fetch import Fetcher
 from openwit.pipeline.images.hosts import HostGate, host_of
-from openwit.pipeline.images.resize import encode_jpeg, pixels_phash, plan_jpeg, shrink_jpeg
+from openwit.pipeline.images.image_hash import ImageHasher
+from openwit.pipeline.images.resize import (
+    border_content,
+    decode_reduced,
+    encode_jpeg,
+    fit,
+    plan_jpeg,
+)
 
 JPEG_END = b"\xff\xd9"
 JPEG_TRAILING_SLACK = 4096  # some encoders append padding or vendor data after the end marker
 PNG_END = b"IEND"
-PHASH_DECODE_SIDE = 64
 
 # What Pillow raises on hostile bytes varies by format plugin (SyntaxError for a broken PNG
 # chunk, struct.error or EOFError for short headers...); each becomes a "not an image" failure.
@@ -122,6 +128,7 @@ class ImageProcessor:
         # there are threads, and OpenCV's own pool would only oversubscribe the cores.
         cv2.setNumThreads(1)
         self._config = config
+        self._hasher = ImageHasher(config.hash_kind, config.hash_size)
         self._resizer_module = resizer_module
         self._resizer = None
         # The Resizer silences stdout/stderr by swapping process-wide file descriptors: two
@@ -174,8 +181,9 @@ class ImageProcessor:
                 problem = self._size_problem(width, height)
                 if problem is not None:
                     return None, problem
-                pixels = shrink_jpeg(data, plan, c.resize_mode, c.image_size)
-                encoded, phash = encode_jpeg(pixels, c.encode_quality), pixels_phash(pixels)
+                decoded = decode_reduced(data, plan)
+                pixels = fit(decoded, plan, c.resize_mode, c.image_size)
+                encoded, phash = encode_jpeg(pixels, c.encode_quality), self._hasher.of_pixels(decoded)
                 (height_out, width_out), original_width, original_height = (
                     pixels.shape[:2], width, height)
             else:
@@ -184,7 +192,7 @@ class ImageProcessor:
                         self._resize(io.BytesIO(plain_rgb_png(data) if needs_pillow else data)))
                 if error is not None:
                     return None, (RESIZER_ERRORS.get(error, Reason.DECODE_ERROR), error)
-                phash = perceptual_hash(encoded)
+                phash = self._hash_resizer_output(encoded, original_width, original_height)
         except Exception as err:  # noqa: BLE001 (see above)
             return None, (Reason.DECODE_ERROR, f"{type(err).__name__}: {without_addresses(err)}")
         return {
@@ -197,6 +205,21 @@ class ImageProcessor:
             "sha256": hashlib.sha256(data).hexdigest(),
             "phash": phash,
         }, None
+
+    def _hash_resizer_output(self, encoded: bytes, original_width: int,
+                             original_height: int) -> str:
+        """The Resizer keeps its decoded pixels to itself: the hash is of its small output,
+        without the white border (the picture, as on the reduced path; a centre crop stays
+        cropped)."""
+        import cv2
+        import numpy as np
+
+        pixels = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR)
+        c = self._config
+        if c.resize_mode == "border":
+            pixels = border_content(pixels, original_width, original_height, c.image_size,
+                                    c.resize_only_if_bigger)
+        return self._hasher.of_pixels(pixels)
 
     def _size_problem(self, width: int, height: int):
         """The Resizer's size checks, in its order and words, on the header's size."""
@@ -259,21 +282,6 @@ def plain_rgb_png(data: bytes) -> bytes:
         buffer = io.BytesIO()
         image.save(buffer, "PNG", compress_level=1)
     return buffer.getvalue()
-
-
-def perceptual_hash(jpeg: bytes) -> str:
-    """imagehash's 64-bit pHash of the stored image, hex.
-
-    pHash looks at a 32x32 grey version only, so the JPEG is decoded straight to greyscale at
-    a reduced scale (libjpeg's DCT scaling): several times cheaper than a full decode, a
-    deterministic function of the bytes, within a few bits of a full-size decode.
-    """
-    import imagehash
-    from PIL import Image
-
-    with Image.open(io.BytesIO(jpeg)) as image:
-        image.draft("L", (PHASH_DECODE_SIDE, PHASH_DECODE_SIDE))
-        return str(imagehash.phash(image))
 
 
 class DownloadFn(beam.DoFn):

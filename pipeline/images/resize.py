@@ -26,8 +26,6 @@ WHITE = 255
 # factor of two or more: decoding straight to the output size leaves the final resize a
 # near-1:1 interpolation, visibly softer (benchmarks/RESULTS.md has the PSNR of both).
 DECODE_MARGIN = 2
-# pHash looks at 32x32 grey; the hash is taken from a 64 px grey copy of the stored pixels.
-PHASH_SIDE = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +109,20 @@ def add_white_border(pixels, side: int):
                               value=(WHITE, WHITE, WHITE))
 
 
+def border_content(pixels, original_width: int, original_height: int, side: int,
+                   resize_only_if_bigger: bool):
+    """The picture inside `add_white_border`'s padding of a `border`-mode output."""
+    if resize_only_if_bigger and max(original_width, original_height) <= side:
+        width, height = original_width, original_height
+    else:
+        width, height = _scaled(original_width, original_height,
+                                side / max(original_width, original_height))
+    out_height, out_width = pixels.shape[:2]
+    width, height = min(width, out_width), min(height, out_height)
+    top, left = int((out_height - height) / 2.0), int((out_width - width) / 2.0)
+    return pixels[top:top + height, left:left + width]
+
+
 def centre_crop(pixels, side: int):
     height, width = pixels.shape[:2]
     top, left = (height - side) // 2, (width - side) // 2
@@ -125,15 +137,3 @@ def encode_jpeg(pixels, quality: int) -> bytes:
     if not ok:
         raise ValueError("the JPEG encoder refused the pixels")
     return encoded.tobytes()
-
-
-def pixels_phash(pixels) -> str:
-    """imagehash's 64-bit pHash, hex, of the stored pixels (before encoding: the same image the
-    JPEG holds, without decoding it again)."""
-    import cv2
-    import imagehash
-    from PIL import Image
-
-    grey = pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY)
-    small = cv2.resize(grey, (PHASH_SIDE, PHASH_SIDE), interpolation=cv2.INTER_AREA)
-    return str(imagehash.phash(Image.fromarray(small)))

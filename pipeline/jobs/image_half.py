@@ -1,7 +1,7 @@
 """The image half (stages 7-11): curated candidates -> a finished WebDataset corpus.
 
-    curated -> plan shards -> download + resize -> stage images -> dedup images -> exact cap
-            -> write shards
+    curated -> plan shards -> download + resize -> stage images -> identical images
+            -> near-duplicates and evaluation images -> exact cap -> write shards
             -> summary (stats.json, query_counts.parquet, sizes.json)
 
 `ImageHalf` is the half as one composite transform; `openwit download` (jobs/download.py) runs
@@ -16,7 +16,10 @@ import apache_beam as beam
 from openwit.pipeline.images.cap import ExactCap
 from openwit.pipeline.images.config import ImageHalfConfig
 from openwit.pipeline.images.download import DownloadImages
+from openwit.pipeline.images.eval_set import hash_paths
 from openwit.pipeline.images.image_dedup import FindImageDuplicates
+from openwit.pipeline.images.image_hash import is_hash
+from openwit.pipeline.images.near_dedup import FindNearDuplicates
 from openwit.pipeline.shards.plan import PlanShards, read_written_samples
 from openwit.pipeline.shards.summary import REUSED_MARK, WriteSummary
 from openwit.pipeline.shards.writer import StageImages, WriteShards
@@ -24,13 +27,38 @@ from openwit.pipeline.shards.writer import StageImages, WriteShards
 
 def _light(shard_and_sample):
     shard, sample = shard_and_sample
-    return sample["key"], {"key": sample["key"], "shard": shard, "queries": sample["queries"],
-                           "new": True}
+    return {"key": sample["key"], "shard": shard, "queries": sample["queries"],
+            "phash": sample["phash"], "new": True}
 
 
-def _unless_duplicate(key, parts):
-    if not parts["duplicate"]:
+def _unless_dropped(key, parts):
+    if not parts["dropped"]:
         yield from parts["sample"]
+
+
+class _Without(beam.PTransform):
+    """Light sample records -> those whose key has no failure record in `drops`."""
+
+    def __init__(self, drops):
+        super().__init__()
+        self._drops = drops
+
+    def expand(self, samples):
+        return (
+            {
+                "sample": samples | "By key" >> beam.Map(lambda s: (s["key"], s)),
+                "dropped": self._drops | "Dropped keys" >> beam.Map(
+                    lambda kv: (kv[1]["key"], True)),
+            }
+            | "Join" >> beam.CoGroupByKey()
+            | "Not dropped" >> beam.FlatMapTuple(_unless_dropped)
+        )
+
+
+def _written_node(sample, hex_length):
+    # A shard written with another hash kind or size has nothing to compare with.
+    if is_hash(sample["phash"], hex_length):
+        yield sample["key"], sample["shard"], sample["phash"]
 
 
 class ImageHalf(beam.PTransform):
@@ -48,9 +76,22 @@ class ImageHalf(beam.PTransform):
         self._run_config = run_config
         self._completed = completed_shards or {}
 
+    def _eval_hashes(self, pipeline):
+        """The evaluation set's (hash, source) pairs, hashed here on the launcher, and what
+        the summary says of them."""
+        paths = self._config.dedup.exclude_images
+        if not paths:
+            return None, {}
+        hashes = hash_paths(paths, self._config.download.hasher)
+        said = {"excluded_images": {"hashed": len(hashes.hashes),
+                                    "unreadable": len(hashes.unreadable),
+                                    "unreadable_examples": hashes.unreadable[:20]}}
+        return pipeline | "Evaluation hashes" >> beam.Create(hashes.hashes, reshuffle=False), said
+
     def expand(self, inputs: dict):
         config = self._config
         output = config.shards.output
+        eval_hashes, said = self._eval_hashes(inputs["curated"].pipeline)
         plan = inputs["curated"] | "Plan shards" >> PlanShards(
             config.shards.samples_per_shard, self._completed
         )
@@ -63,14 +104,18 @@ class ImageHalf(beam.PTransform):
             written | "Hashes of completed shards" >> beam.Map(
                 lambda s: (s["sha256"], s["key"], s["shard"]))
         )
-        survivors = (
-            {
-                "sample": staged | "Key and queries" >> beam.Map(_light),
-                "duplicate": duplicates | "Loser keys" >> beam.Map(lambda kv: (kv[1]["key"], True)),
-            }
-            | "Join duplicates" >> beam.CoGroupByKey()
-            | "Not duplicates" >> beam.FlatMapTuple(_unless_duplicate)
+        distinct = (staged | "Key, queries, hash" >> beam.Map(_light)
+                    | "Without duplicates" >> _Without(duplicates))
+        near_duplicates = (
+            distinct
+            | "Node of each" >> beam.Map(lambda s: (s["key"], s["shard"], s["phash"]))
+            | "Find near-duplicates" >> FindNearDuplicates(
+                config.dedup, config.download.hasher.bits,
+                written=written | "Perceptual hashes of completed shards" >> beam.FlatMap(
+                    _written_node, config.download.hasher.hex_length),
+                eval_hashes=eval_hashes)
         )
+        survivors = distinct | "Without near-duplicates" >> _Without(near_duplicates)
         completed_survivors = written | "Completed samples" >> beam.Map(
             lambda s: {"key": s["key"], "shard": s["shard"], "queries": s["queries"],
                        "new": False})
@@ -79,7 +124,7 @@ class ImageHalf(beam.PTransform):
             | "Every survivor" >> beam.Flatten()
             | "Exact cap" >> ExactCap(config.cap)
         )
-        drops = (duplicates, over_cap) | "Late drops" >> beam.Flatten()
+        drops = (duplicates, near_duplicates, over_cap) | "Late drops" >> beam.Flatten()
         new_shard_stats = {
             "samples": staged,
             "failures": downloaded.failed,
@@ -97,4 +142,4 @@ class ImageHalf(beam.PTransform):
             "shard_stats": shard_stats,
             "num_shards": plan.num_shards,
             "query_rows": inputs["query_rows"],
-        } | "Summary" >> WriteSummary(output, self._run_config)
+        } | "Summary" >> WriteSummary(output, {**self._run_config, **said})

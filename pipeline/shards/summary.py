@@ -16,7 +16,7 @@ import apache_beam as beam
 
 from openwit.pipeline.core import layout, storage
 from openwit.pipeline.core.layout import FAILURES_FOLDER, SHARD_FAILURES_PREFIX, SHARDS_FOLDER, shard_name
-from openwit.pipeline.core.records import Stage
+from openwit.pipeline.core.records import Reason, Stage
 REUSED_MARK = "reused_from_earlier_run"  # set on stats of shards this run did not rewrite
 _SHARD_FILE = re.compile(r"(?:shard-)?(\d+)(?:\.tar|\.parquet|_stats\.json)$")
 
@@ -114,6 +114,19 @@ def stale_shard_files(paths: list[str], num_shards: int) -> list[str]:
     return stale
 
 
+DUPLICATE_KINDS = (("url", Stage.DEDUP_URL, Reason.DUPLICATE_URL),
+                   ("identical_image", Stage.DEDUP_IMAGE, Reason.DUPLICATE_IMAGE),
+                   ("near_duplicate", Stage.DEDUP_IMAGE, Reason.NEAR_DUPLICATE),
+                   ("eval_duplicate", Stage.DEDUP_IMAGE, Reason.EVAL_DUPLICATE))
+
+
+def duplicates_removed(stages: list[dict]) -> dict[str, int]:
+    """Samples removed as duplicates, by kind: a repeated URL, identical image bytes, a
+    near-duplicate image, a copy of an evaluation image."""
+    dropped = {entry["stage"]: entry["dropped"] for entry in stages}
+    return {kind: dropped.get(stage, {}).get(reason, 0) for kind, stage, reason in DUPLICATE_KINDS}
+
+
 def format_stage_table(stages: list[dict]) -> list[str]:
     lines = [f"{'stage':<12} {'in':>10} {'kept':>10}  dropped"]
     for stage in stages:
@@ -139,6 +152,14 @@ def format_summary(stats: dict, output: str) -> str:
     if stats.get("opted_out_by_directive"):
         lines.append("opted out by directive: " + ", ".join(
             f"{directive} {n:,}" for directive, n in stats["opted_out_by_directive"].items()))
+    if stats.get("duplicates_removed"):
+        lines.append("duplicates removed: " + ", ".join(
+            f"{kind.replace('_', ' ')} {n:,}" for kind, n in stats["duplicates_removed"].items()))
+    excluded = stats.get("config", {}).get("excluded_images")
+    if excluded:
+        lines.append(f"evaluation set: {excluded['hashed']:,} images hashed, "
+                     f"{excluded['unreadable']:,} unreadable, {stats['duplicates_removed']['eval_duplicate']:,} "
+                     "copies removed from the corpus")
     if stats.get("accounting_problems"):
         lines.append("ACCOUNTING PROBLEMS: " + "; ".join(stats["accounting_problems"]))
     if shards.get("reused"):
@@ -181,6 +202,7 @@ class FinalizeFn(beam.DoFn):
         }
         cap = self._run_config["cap"]["per_query_cap"]
         stats["queries"]["above_cap"] = sum(1 for r in rows if r["written"] > cap)
+        stats["duplicates_removed"] = duplicates_removed(stats["stages"])
         stats["accounting_problems"] = curate_problems + check_accounting(stats)
         stats["config"] = self._run_config
         storage.write_json_atomic(storage.join(self._output, layout.STATS_FILE), stats)

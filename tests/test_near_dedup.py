@@ -1,0 +1,286 @@
+"""Near-duplicate search (bands, hot buckets, groups) and the evaluation-set exclusion."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import random
+import tarfile
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from openwit.pipeline.core.errors import ConfigError
+from openwit.pipeline.core.records import Reason
+from openwit.pipeline.images import eval_set
+from openwit.pipeline.images.config import DedupConfig
+from openwit.pipeline.images.image_hash import ImageHasher, bands, hamming, to_words
+from openwit.pipeline.images.near_dedup import (
+    EvalIndex,
+    FindNearDuplicates,
+    close_pairs,
+    near_pairs,
+)
+
+
+def all_pairs(hashes, distance):
+    return {(i, j) for i, j in itertools.combinations(range(len(hashes)), 2)
+            if hamming(hashes[i], hashes[j]) <= distance}
+
+
+def flip(value: int, bits: int, count: int, rng: random.Random) -> int:
+    for bit in rng.sample(range(bits), count):
+        value ^= 1 << bit
+    return value
+
+
+def hex_of(value: int, bits: int) -> str:
+    return f"{value:0{bits // 4}x}"
+
+
+def clustered_hashes(seed: int, bits: int, clusters: int, per_cluster: int, spread: int):
+    """Random centres, each with neighbours a few bits away: pairs at every distance."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(clusters):
+        centre = rng.getrandbits(bits)
+        out += [hex_of(flip(centre, bits, rng.randint(0, spread), rng), bits)
+                for _ in range(per_cluster)]
+    rng.shuffle(out)
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32), bits=st.sampled_from([64, 256]),
+       distance=st.integers(0, 12), hot_bucket=st.sampled_from([2, 3, 8, 2048]))
+def test_bands_find_exactly_the_pairs_all_pairs_finds(seed, bits, distance, hot_bucket):
+    hashes = clustered_hashes(seed, bits, clusters=6, per_cluster=6, spread=2 * distance + 2)
+    assert near_pairs(hashes, bits, distance, hot_bucket) == all_pairs(hashes, distance)
+
+
+@pytest.mark.parametrize("hot_bucket", [4, 16, 10_000])
+def test_a_band_value_shared_by_many_hashes_is_searched_exactly(hot_bucket):
+    # Adversarial: every hash has the same top 40 bits, so one band holds them all, and the
+    # rest are random or near one another.
+    rng = random.Random(7)
+    bits, distance = 64, 6
+    base = rng.getrandbits(40) << 24
+    hashes = [hex_of(base | rng.getrandbits(24), bits) for _ in range(300)]
+    hashes += [hex_of(flip(int(hashes[i], 16), 24, 3, rng), bits) for i in range(0, 300, 7)]
+    assert near_pairs(hashes, bits, distance, hot_bucket) == all_pairs(hashes, distance)
+
+
+def test_a_hot_bucket_is_sub_split_not_compared_all_pairs(monkeypatch):
+    # 4,000 distinct 256-bit hashes with one band value in common (a placeholder picture
+    # with noise, in clusters): sub-splitting compares a small fraction of the 8 million
+    # pairs, and misses none.
+    from openwit.pipeline.images import near_dedup
+
+    rng = random.Random(3)
+    bits, distance = 256, 8
+    base = rng.getrandbits(28) << 228
+    centres = [base | rng.getrandbits(228) for _ in range(400)]
+    hashes = sorted({hex_of(flip(rng.choice(centres), 228, rng.randint(0, 6), rng), bits)
+                     for _ in range(4000)})
+    compared = []
+    real = near_dedup.distances
+    monkeypatch.setattr(near_dedup, "distances",
+                        lambda a, b: compared.append(len(a) * len(b)) or real(a, b))
+    words = to_words(hashes, bits)
+    found = {(min(i, j), max(i, j)) for rows, cols in
+             close_pairs(words, bits, distance, hot_bucket=64)
+             for i, j in zip(rows.tolist(), cols.tolist())}
+    assert sum(compared) < 0.1 * len(hashes) ** 2 / 2
+    matrix = real(words, words)
+    expected = {(i, j) for i, j in zip(*np.nonzero(matrix <= distance)) if i < j}
+    assert found == expected and expected
+
+
+def test_pigeonhole_bands_share_a_value_for_every_close_pair():
+    rng = random.Random(1)
+    for _ in range(200):
+        distance = rng.randint(0, 10)
+        a = rng.getrandbits(64)
+        b = flip(a, 64, rng.randint(0, distance), rng)
+        assert set(bands(hex_of(a, 64), 64, distance)) & set(bands(hex_of(b, 64), 64, distance))
+
+
+# --------------------------------------------------------------------- the Beam stage
+
+BITS = 64
+
+
+def h(value: int) -> str:
+    return hex_of(value, BITS)
+
+
+def assert_losers(expected, new, written=(), eval_hashes=None, distance=4, hot_bucket=2048):
+    """FindNearDuplicates on (key, shard, hash) triples removes exactly `expected`,
+    {key: (shard, reason, detail)}."""
+    with TestPipeline(runner="DirectRunner") as pipeline:
+        written_pc = pipeline | "Written" >> beam.Create(list(written))
+        eval_pc = (pipeline | "Eval" >> beam.Create(eval_hashes)
+                   if eval_hashes is not None else None)
+        removed = (pipeline | beam.Create(list(new))
+                   | FindNearDuplicates(DedupConfig(near_distance=distance, hot_bucket=hot_bucket),
+                                        BITS, written=written_pc, eval_hashes=eval_pc)
+                   | beam.Map(lambda kv: (kv[1]["key"], (kv[0], kv[1]["reason"], kv[1]["detail"]))))
+        assert_that(removed, equal_to(sorted(expected.items())))
+
+
+def kept(key, distance):
+    return f"Hamming distance {distance} from {key}, which is kept"
+
+
+def test_a_chain_is_one_group_and_its_smallest_key_survives():
+    a = 0b1111 << 60
+    chain = [("k3", 0, h(a)), ("k1", 1, h(a ^ 0b111)), ("k2", 1, h(a ^ 0b111111)),
+             ("k9", 2, h(0x0123456789ABCDEF))]
+    # k3 and k2 are 6 bits apart, each 3 from k1: one group, k1 kept.
+    assert_losers({"k3": (0, Reason.NEAR_DUPLICATE, kept("k1", 3)),
+                   "k2": (1, Reason.NEAR_DUPLICATE, kept("k1", 3))}, chain, distance=3)
+
+
+def test_identical_hashes_collapse_and_the_smallest_key_survives():
+    same = [(f"k{i:02d}", i % 3, h(42)) for i in range(30)]
+    assert_losers({f"k{i:02d}": (i % 3, Reason.NEAR_DUPLICATE, kept("k00", 0))
+                   for i in range(1, 30)}, same)
+
+
+def test_a_written_sample_survives_its_group_whatever_its_key():
+    new = [("a", 3, h(1000)), ("b", 3, h(1001))]
+    assert_losers({"a": (3, Reason.NEAR_DUPLICATE, kept("z", hamming(h(1000), h(1003)))),
+                   "b": (3, Reason.NEAR_DUPLICATE, kept("z", hamming(h(1001), h(1003))))},
+                  new, written=[("z", 0, h(1003))])
+
+
+def expected_by_all_pairs(triples, distance):
+    """The losers, from an all-pairs search and a plain union-find: the reference."""
+    parent = {key: key for key, _, _ in triples}
+
+    def find(key):
+        while parent[key] != key:
+            key = parent[key]
+        return key
+
+    for (a, _, ha), (b, _, hb) in itertools.combinations(triples, 2):
+        if hamming(ha, hb) <= distance:
+            low, high = sorted((find(a), find(b)))
+            parent[high] = low
+    value = {key: hash_ for key, _, hash_ in triples}
+    return {key: (shard, Reason.NEAR_DUPLICATE, kept(find(key), hamming(hash_, value[find(key)])))
+            for key, shard, hash_ in triples if find(key) != key}
+
+
+def test_the_survivors_are_all_pairs_ones_whatever_the_order_or_bucket_size():
+    rng = random.Random(5)
+    hashes = clustered_hashes(11, BITS, clusters=20, per_cluster=5, spread=6)
+    triples = [(f"key{i:03d}", i % 4, value) for i, value in enumerate(hashes)]
+    expected = expected_by_all_pairs(triples, 4)
+    assert expected  # the clusters do hold near-duplicates
+    assert_losers(expected, triples)
+    rng.shuffle(triples)
+    assert_losers(expected, triples, hot_bucket=2)
+
+
+def test_copies_of_evaluation_images_are_removed_before_grouping():
+    new = [("a", 0, h(0xF0F0)), ("b", 0, h(0xF0F4)), ("c", 1, h(0xFFFF_0000_0000_0000))]
+    # b is 1 bit from a but 3 from the evaluation image: a is gone, so b survives.
+    assert_losers({"a": (0, Reason.EVAL_DUPLICATE, "Hamming distance 2 from evaluation image eval/cat/1.jpg")},
+                  new, eval_hashes=[(h(0xF0F0 ^ 0b11), "eval/cat/1.jpg")], distance=2)
+
+
+def test_the_eval_index_finds_the_closest_within_the_distance():
+    index = EvalIndex([(h(0), "zero"), (h(0b111), "seven")], BITS, 2)
+    assert index.closest(h(0b1)) == (1, "zero")
+    assert index.closest(h(0b1111)) == (1, "seven")
+    assert index.closest(h(0xFF00)) is None
+
+
+# ------------------------------------------------------------------ evaluation sets
+
+
+def jpeg(seed: int, size=(96, 80)) -> bytes:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)
+    image = Image.fromarray(small).resize(size, Image.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_folders_shards_and_hash_lists_hash_alike_and_bad_files_are_counted(tmp_path, monkeypatch):
+    hasher = ImageHasher("phash", 8)
+    folder = tmp_path / "eval" / "cat"
+    folder.mkdir(parents=True)
+    (folder / "1.jpg").write_bytes(jpeg(1))
+    (folder / "2.png").write_bytes(b"not a png at all")
+    (folder / "notes.txt").write_text("ignored: not an image name")
+    shard = tmp_path / "eval.tar"
+    with tarfile.open(shard, "w") as tar:
+        for name, data in (("000.jpg", jpeg(1)), ("000.txt", b"a cat"), ("001.jpg", b"\xff\xd8junk"),
+                           ("002.jpg", jpeg(2) + b"x" * 5000)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    monkeypatch.setattr(eval_set, "MAX_IMAGE_BYTES", 4000)
+    hashes = eval_set.hash_paths([str(tmp_path / "eval"), str(shard)], hasher)
+    by_source = dict((source, value) for value, source in hashes.hashes)
+    assert by_source[str(folder / "1.jpg")] == by_source[f"{shard}:000.jpg"]
+    reasons = dict(hashes.unreadable)
+    assert reasons[str(folder / "2.png")].startswith("not_an_image")
+    assert reasons[f"{shard}:001.jpg"].startswith("not_an_image")
+    assert reasons[f"{shard}:002.jpg"] == "image_too_large"
+    assert len(hashes.hashes) == 2
+
+    listed = tmp_path / "hashes.json"
+    eval_set.write_hash_list(str(listed), hashes)
+    again = eval_set.hash_paths([str(listed)], hasher)
+    assert again.hashes == hashes.hashes and again.unreadable == hashes.unreadable
+
+
+def test_a_broken_shard_is_counted_not_raised(tmp_path):
+    broken = tmp_path / "broken.tar"
+    broken.write_bytes(b"\x00" * 100 + b"not a tar")
+    hashes = eval_set.hash_paths([str(broken)], ImageHasher("phash", 8))
+    assert hashes.hashes == [] and hashes.unreadable[0][1].startswith("broken_shard")
+
+
+@pytest.mark.parametrize("content", [
+    "not json", json.dumps([1, 2]), json.dumps({"format": "other"}),
+    json.dumps({"format": "openwit-image-hashes/1", "kind": "phash", "size": 8,
+                "hashes": [["zz", "a.jpg"]]}),
+    json.dumps({"format": "openwit-image-hashes/1", "kind": "nohash", "size": 8, "hashes": []}),
+])
+def test_a_malformed_hash_list_is_one_config_error(tmp_path, content):
+    path = tmp_path / "hashes.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError):
+        eval_set.hash_paths([str(path)], ImageHasher("phash", 8))
+
+
+def test_a_hash_list_of_another_kind_is_refused(tmp_path):
+    path = tmp_path / "hashes.json"
+    eval_set.write_hash_list(str(path), eval_set.HashList("dhash", 8, [(h(1), "a.jpg")]))
+    with pytest.raises(ConfigError, match="dhash"):
+        eval_set.hash_paths([str(path)], ImageHasher("phash", 8))
+
+
+def test_openwit_hashes_writes_a_list_exclude_images_reads(tmp_path, capsys):
+    from openwit.pipeline.apps.cli import main
+
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "a.jpg").write_bytes(jpeg(3))
+    out = tmp_path / "eval.json"
+    assert main(["hashes", str(tmp_path / "eval"), "--output", str(out)]) == 0
+    assert "1 images hashed" in capsys.readouterr().out
+    listed = eval_set.read_hash_list(str(out))
+    assert (listed.kind, listed.size) == ("phash", 16)
+    assert listed.hashes[0][0] == ImageHasher("phash", 16).of_bytes(jpeg(3))
