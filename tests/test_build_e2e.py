@@ -4,6 +4,7 @@ import collections
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -125,7 +126,8 @@ def test_pathologies_end_with_the_right_reason(web, corpus):
         elif row["kind"] in DOWNLOADABLE_KINDS and row["caption_noise"] is None:
             assert row["key"] in written or got in (
                 [(Stage.DEDUP_URL, Reason.DUPLICATE_URL)],
-                [(Stage.DEDUP_IMAGE, Reason.DUPLICATE_IMAGE)]), (row["kind"], got)
+                [(Stage.DEDUP_IMAGE, Reason.DUPLICATE_IMAGE)],
+                [(Stage.DEDUP_IMAGE, Reason.NEAR_DUPLICATE)]), (row["kind"], got)
     assert set(reached_download) == set(EXPECTED_DOWNLOAD_REASON)
 
 
@@ -169,12 +171,70 @@ def test_duplicates_appear_once(web, corpus):
                   and r["kind"] == row["kind"] and r not in group]
         survivors = [r for r in group if r["key"] in written]
         assert len(survivors) <= 1, [r["url"] for r in survivors]
-        duplicate_reasons = {Reason.DUPLICATE_IMAGE, Reason.DUPLICATE_URL}
+        duplicate_reasons = {Reason.DUPLICATE_IMAGE, Reason.DUPLICATE_URL, Reason.NEAR_DUPLICATE}
         for r in group:
             if r["key"] not in written and not any(
                     f[0] in (Stage.NORMALISE, Stage.MATCH, Stage.LANGUAGE)
                     for f in failures[r["key"]]):
                 assert {reason for _, reason in failures[r["key"]]} <= duplicate_reasons
+
+
+def family(row) -> str:
+    """The URL of the picture a row shows: its own, or the one it duplicates."""
+    return row["duplicate_of"] or row["url"]
+
+
+def test_near_duplicates_keep_one_of_each_picture_and_merge_nothing_else(web, corpus):
+    rows = {row["key"]: row for row in truth_rows(web)}
+    edits = {row.url: row.spec.edit for row in web.world.rows}
+    _, written = outcomes(corpus)
+    removed = {}
+    for path in glob.glob(str(corpus / "failures" / "shard-*.parquet")):
+        for record in pq.read_table(path).to_pylist():
+            if record["reason"] == Reason.NEAR_DUPLICATE:
+                kept = re.search(r"from (\S+), which is kept$", record["detail"]).group(1)
+                removed[record["key"]] = kept
+    assert removed
+    for key, kept in removed.items():
+        assert kept in written
+        # No merge of two different pictures: the kept one shows the same scene.
+        assert family(rows[key]) == family(rows[kept]), (rows[key], rows[kept])
+    # Every re-encoded or resized copy whose source was written is gone (crops: RESULTS.md).
+    for row in rows.values():
+        if (row["kind"] == "near_dup" and edits[row["url"]] != "crop"
+                and row["duplicate_of"] in {rows[k]["url"] for k in written}):
+            assert row["key"] not in written, row
+
+
+def test_copies_of_an_evaluation_set_never_reach_a_shard(web, corpus, tmp_path):
+    from dataclasses import replace
+
+    from openwit.pipeline.apps.miniweb.render import render_item
+
+    _, written = outcomes(corpus)
+    rows = {row["url"]: row for row in truth_rows(web)}
+    # The evaluation set: re-encoded copies of five pictures the plain build wrote, plus a
+    # file that is not an image.
+    chosen = [row for row in web.world.rows
+              if row.kind == "ok" and rows[row.url]["key"] in written][:5]
+    folder = tmp_path / "eval" / "any"
+    folder.mkdir(parents=True)
+    for index, row in enumerate(chosen):
+        copy = replace(row.spec, image_format="jpeg", quality=60)
+        (folder / f"{index}.jpg").write_bytes(render_item(copy))
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    output = tmp_path / "corpus"
+    assert main(build_args(web, output, "--exclude-images", str(tmp_path / "eval"))) == 0
+    failures, written_now = outcomes(output)
+    for row in chosen:
+        key = rows[row.url]["key"]
+        assert key not in written_now
+        assert failures[key] == [(Stage.DEDUP_IMAGE, Reason.EVAL_DUPLICATE)]
+    stats = json.loads((output / "stats.json").read_text())
+    assert stats["duplicates_removed"]["eval_duplicate"] >= len(chosen)
+    assert stats["config"]["excluded_images"]["hashed"] == len(chosen)
+    assert stats["config"]["excluded_images"]["unreadable"] == 1
+    assert stats["accounting_problems"] == []
 
 
 def test_language_filter(web, corpus):

@@ -150,6 +150,8 @@ def build_argv(config: DemoConfig, web, output: str, cap: int) -> list[str]:
         "--allow-network", "127.0.0.1/32",
         # A crawler should read robots.txt; the mini-web's disallows its /private/ folder.
         "--robots-txt", "true",
+        # The zero-shot set is kept out of the corpus by the check, not only by its seeds.
+        "--exclude-images", str(web.eval_dir),
     ]
 
 
@@ -374,8 +376,10 @@ def run_demo(config: DemoConfig, options: PipelineOptions) -> int:
     if config.train and len(shards) >= 2:
         run_folder = os.path.join(config.output, RUN_FOLDER)
         train_demo_model(config, shards[:-1], run_folder)
+        removed = stats.get("duplicates_removed", {}).get("eval_duplicate", 0)
         print(f"\nopenwit eval: zero-shot on {web.eval_dir} (rendered from seeds disjoint "
-              f"from the corpus's), retrieval on the held-out shard {shards[-1]}", flush=True)
+              f"from the corpus's; {removed:,} corpus images within the near-duplicate distance "
+              f"of one were removed), retrieval on the held-out shard {shards[-1]}", flush=True)
         results = evaluate_run(config, run_folder, str(web.eval_dir), shards[-1])
     elif config.train:
         print("\nnot training: the corpus has fewer than two shards (one is held out)")

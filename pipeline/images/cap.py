@@ -1,4 +1,4 @@
-"""Stage 10, the exact cap: at most `per_query_cap` samples per query, deterministic for a seed.
+"""Stage 11, the exact cap: at most `per_query_cap` samples per query, deterministic for a seed.
 
 It runs after download and image dedup, where balancing's over-sampling is brought back to
 the cap on the samples that actually made it.

@@ -1,4 +1,4 @@
-"""The image half (stages 7-11): curated candidates -> a finished WebDataset corpus.
+"""The image half (stages 7-12): curated candidates -> a finished WebDataset corpus.
 
     curated -> plan shards -> download + resize -> stage images -> identical images
             -> near-duplicates and evaluation images -> exact cap -> write shards

@@ -1,1 +1,1 @@
-"""Shards: stage 7 plans them before download, stage 11 writes them and the corpus summary."""
+"""Shards: stage 7 plans them before download, stage 12 writes them and the corpus summary."""

@@ -113,14 +113,14 @@ class PlanShards(beam.PTransform):
 
 
 def read_written_samples(output: str):
-    """(shard, stats) of a completed shard -> its samples' {key, shard, sha256, queries}."""
+    """(shard, stats) of a completed shard -> its samples' {key, shard, sha256, phash, queries}."""
 
     def read(shard_and_stats):
         shard, stats = shard_and_stats
         if not stats.get("written"):
             return
         table = storage.read_parquet(layout.shard_paths(output, shard)["parquet"],
-                                     columns=["sha256", "key", "queries"])
+                                     columns=["sha256", "phash", "key", "queries"])
         for row in table.to_pylist():
             yield {**row, "shard": shard}
 

@@ -1,4 +1,4 @@
-"""Stage 8½, staging the downloaded images, and stage 11, writing each shard once all of its
+"""Stage 8½, staging the downloaded images, and stage 12, writing each shard once all of its
 samples, failures and late drops are known.
 
 `StageImages` writes the images to `_staged/` where they were downloaded, so that only the

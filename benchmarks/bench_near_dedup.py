@@ -1,0 +1,140 @@
+"""The near-duplicate stage: how its cost grows, and a naive all-pairs search beside it.
+
+    .venv/bin/python benchmarks/bench_near_dedup.py [--sizes 20000,200000] [--reference 5000]
+
+Hashes are made like a web crawl's: random 256-bit pHash-16 values (the default kind and
+size), a tenth of them copies of another a few bits away (re-encodes), one in fifty a
+placeholder picture shared by many URLs with a bit or two of noise (a hot bucket).
+
+1. `FindNearDuplicates` (the pipeline's stage, Beam's DirectRunner in memory, one process)
+   on each size: hashes per second per core, and the time ratio of the largest size to the
+   smallest (all-pairs would grow as the square of the size ratio).
+2. On `--reference` hashes, the same stage against a naive all-pairs search (numpy, every
+   pair's distance, then a union-find): the same removed set, and the speed ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+BITS = 256
+DISTANCE = 8
+
+
+def make_hashes(count: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    placeholders = [rng.getrandbits(BITS) for _ in range(5)]
+    values = []
+    for _ in range(count):
+        draw = rng.random()
+        if draw < 0.02:
+            value = rng.choice(placeholders) ^ (1 << rng.randrange(BITS)) * rng.randint(0, 1)
+        elif draw < 0.12 and values:
+            value = rng.choice(values)
+            for bit in rng.sample(range(BITS), rng.randint(0, DISTANCE)):
+                value ^= 1 << bit
+        else:
+            value = rng.getrandbits(BITS)
+        values.append(value)
+    return [f"{value:064x}" for value in values]
+
+
+def stage_losers(hashes: list[str]) -> tuple[set[str], float, float]:
+    """(removed keys, wall seconds, CPU seconds) of FindNearDuplicates on the hashes."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from openwit.pipeline.images.config import DedupConfig
+    from openwit.pipeline.images.near_dedup import FindNearDuplicates
+
+    triples = [(f"{i:09d}", i % 64, value) for i, value in enumerate(hashes)]
+    out_dir = os.environ.get("TMPDIR", "/tmp")
+    out = os.path.join(out_dir, f"bench-near-dedup-{os.getpid()}")
+    started, cpu = time.monotonic(), time.process_time()
+    with beam.Pipeline(options=PipelineOptions(runner="DirectRunner")) as pipeline:
+        (pipeline
+         | beam.Create(triples, reshuffle=False)
+         | FindNearDuplicates(DedupConfig(near_distance=DISTANCE), BITS)
+         | beam.Map(lambda kv: kv[1]["key"])
+         | beam.io.WriteToText(out, shard_name_template=""))
+    wall, cpu = time.monotonic() - started, time.process_time() - cpu
+    with open(out) as handle:
+        removed = {line.strip() for line in handle if line.strip()}
+    os.remove(out)
+    return removed, wall, cpu
+
+
+def all_pairs_losers(hashes: list[str]) -> tuple[set[str], float]:
+    """The reference: every pair's distance (numpy, blocks), a union-find, smallest key kept."""
+    from openwit.pipeline.images.image_hash import distances, to_words
+
+    started = time.monotonic()
+    words = to_words(hashes, BITS)
+    parent = list(range(len(hashes)))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for start in range(0, len(hashes), 512):
+        block = distances(words[start:start + 512], words)
+        for i, j in zip(*np.nonzero(block <= DISTANCE)):
+            i, j = int(i) + start, int(j)
+            if i < j:
+                low, high = sorted((find(i), find(j)))
+                parent[high] = low
+    removed = {f"{i:09d}" for i in range(len(hashes)) if find(i) != i}
+    return removed, time.monotonic() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="20000,200000")
+    parser.add_argument("--reference", type=int, default=5000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    print(f"machine: {os.cpu_count()} cores; pHash-16 ({BITS} bits), distance {DISTANCE}; "
+          f"medians of {args.repeats}")
+    medians = {}
+    for size in sizes:
+        hashes = make_hashes(size)
+        runs = [stage_losers(hashes) for _ in range(args.repeats)]
+        wall = statistics.median(r[1] for r in runs)
+        cpu = statistics.median(r[2] for r in runs)
+        medians[size] = wall
+        print(f"  {size:>8,} hashes: {wall:7.1f} s wall, {cpu:7.1f} s CPU, "
+              f"{size / max(cpu, 1e-9):8,.0f} hashes/s per core, {len(runs[0][0]):,} removed")
+    if len(sizes) >= 2:
+        small, large = sizes[0], sizes[-1]
+        print(f"  time ratio {large:,} / {small:,} hashes: {medians[large] / medians[small]:.1f} "
+              f"(size ratio {large / small:g}; all-pairs would be {(large / small) ** 2:g})")
+    if args.reference:
+        hashes = make_hashes(args.reference, seed=1)
+        stage = [stage_losers(hashes) for _ in range(args.repeats)]
+        reference = [all_pairs_losers(hashes) for _ in range(args.repeats)]
+        same = stage[0][0] == reference[0][0]
+        stage_wall = statistics.median(r[1] for r in stage)
+        reference_wall = statistics.median(r[1] for r in reference)
+        print(f"  all-pairs reference on {args.reference:,} hashes: {reference_wall:.2f} s, "
+              f"the stage {stage_wall:.2f} s (ratio reference/stage "
+              f"{reference_wall / stage_wall:.2f}); same removed set: {same} "
+              f"({len(reference[0][0]):,} removed)")
+        if not same:
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
