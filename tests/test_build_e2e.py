@@ -224,15 +224,25 @@ def test_copies_of_an_evaluation_set_never_reach_a_shard(web, corpus, tmp_path):
         (folder / f"{index}.jpg").write_bytes(render_item(copy))
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really")
     output = tmp_path / "corpus"
-    assert main(build_args(web, output, "--exclude-images", str(tmp_path / "eval"))) == 0
+    assert main(build_args(web, output, "--exclude-images", str(tmp_path / "eval"),
+                           str(web.eval_dir))) == 0
     failures, written_now = outcomes(output)
     for row in chosen:
         key = rows[row.url]["key"]
         assert key not in written_now
         assert failures[key] == [(Stage.DEDUP_IMAGE, Reason.EVAL_DUPLICATE)]
+    # The mini-web's own planted copies of its evaluation images: none reaches a shard.
+    planted = [row for row in rows.values() if row["kind"] == "eval_copy"]
+    assert planted
+    for row in planted:
+        assert row["key"] not in written_now
+        assert failures[row["key"]][-1] == (Stage.DEDUP_IMAGE, Reason.EVAL_DUPLICATE) or any(
+            stage in (Stage.NORMALISE, Stage.MATCH, Stage.LANGUAGE)
+            for stage, _ in failures[row["key"]])
     stats = json.loads((output / "stats.json").read_text())
     assert stats["duplicates_removed"]["eval_duplicate"] >= len(chosen)
-    assert stats["config"]["excluded_images"]["hashed"] == len(chosen)
+    eval_images = len(list(web.eval_dir.rglob("*.jpg")))
+    assert stats["config"]["excluded_images"]["hashed"] == len(chosen) + eval_images
     assert stats["config"]["excluded_images"]["unreadable"] == 1
     assert stats["accounting_problems"] == []
 

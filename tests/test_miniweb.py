@@ -181,7 +181,7 @@ def test_candidates_and_ground_truth_files(web, truth):
             assert row["url"].startswith(web.base_url + ROBOTS_DISALLOWED_FOLDER)
         else:
             assert row["url"].startswith(web.base_url + "/img/")
-        assert (row["duplicate_of"] is not None) == (row["kind"] in ("exact_dup", "near_dup", "dup_url"))
+        assert (row["duplicate_of"] is not None) == (row["kind"] in ("exact_dup", "near_dup", "dup_url", "eval_copy"))
         assert row["concepts"] and (row["shape"] is None or row["shape"] in row["concepts"])
 
     by_url = {}
@@ -266,9 +266,12 @@ def test_eval_set_layout_and_disjoint_seeds(web):
             assert image.format == "JPEG" and image.size == (224, 224)
 
     eval_seeds = {spec.seed for specs in eval_specs(SMALL).values() for spec in specs}
-    corpus_seeds = {row.spec.seed for row in web.world.rows}
+    corpus_seeds = {row.spec.seed for row in web.world.rows if row.kind != "eval_copy"}
+    planted_seeds = {row.spec.seed for row in web.world.rows if row.kind == "eval_copy"}
     assert all(seed % 2 == 1 for seed in eval_seeds)
     assert all(seed % 2 == 0 for seed in corpus_seeds)
+    # The planted copies are the one deliberate overlap: evaluation scenes, edited.
+    assert planted_seeds and planted_seeds <= eval_seeds
 
 
 def test_world_json_and_describe(web):

@@ -20,7 +20,7 @@ from openwit.pipeline.shards.plan import (
     read_completed_shards,
     shard_of,
 )
-from openwit.pipeline.shards.writer import WriteShards, encode_tar
+from openwit.pipeline.shards.writer import StageImages, WriteShards, encode_tar
 from openwit.pipeline.shards.summary import (
     check_accounting,
     check_curated,
@@ -242,3 +242,32 @@ def test_a_write_that_fails_midway_leaves_no_file(tmp_path):
     assert not storage.exists(path)
     storage.write_bytes_atomic(path, b"whole")
     assert storage.read_bytes(path) == b"whole"
+
+
+def test_a_few_removed_near_duplicates_are_kept_beside_the_shard_for_the_report(tmp_path):
+    output = str(tmp_path)
+    kept, near, copy = sample(1), sample(2), sample(3)
+    plan = {"fingerprint": "f", "candidates": 3, "num_shards": 1}
+    drops = [failure_record({"key": near["key"]}, Stage.DEDUP_IMAGE, Reason.NEAR_DUPLICATE,
+                            f"Hamming distance 3 from {kept['key']}, which is kept"),
+             failure_record({"key": copy["key"]}, Stage.DEDUP_IMAGE, Reason.EVAL_DUPLICATE,
+                            "Hamming distance 1 from evaluation image eval/1.jpg")]
+    with beam_test_pipeline() as p:
+        staged = (p | "s" >> beam.Create([(0, s) for s in (kept, near, copy)])
+                  | beam.ParDo(StageImages(output)))
+        _ = {
+            "samples": staged,
+            "failures": p | "f" >> beam.Create([]),
+            "drops": p | "d" >> beam.Create([(0, d) for d in drops]),
+            "plan": p | "p" >> beam.Create([(0, plan)]),
+        } | WriteShards(output)
+    removed = list(wds.WebDataset(shard_paths(output, 0)["removed"], shardshuffle=False))
+    assert sorted(s["__key__"] for s in removed) == sorted([near["key"], copy["key"]])
+    for got in removed:
+        original = near if got["__key__"] == near["key"] else copy
+        assert got["jpg"] == original["jpg"]
+        record = json.loads(got["json"])
+        assert record["url"] == original["url"] and record["reason"] in (
+            Reason.NEAR_DUPLICATE, Reason.EVAL_DUPLICATE)
+    assert [s["__key__"] for s in wds.WebDataset(shard_paths(output, 0)["tar"],
+                                                  shardshuffle=False)] == [kept["key"]]

@@ -1,14 +1,15 @@
 """`openwit report`: one self-contained HTML page about a corpus and, when given, a training run,
 its evaluation and a balancing ablation.
 
-Every plot is a PNG drawn with matplotlib's Agg canvas and embedded as a base64 `data:` URI, and
-the CSS is inline, so the page can be mailed, archived or opened from a bucket without its
-folder. Inputs are read through `core/storage.py` (Beam's FileSystems) and pyarrow, so a corpus
+Every plot is a PNG drawn with matplotlib's Agg canvas and embedded as a base64 `data:` URI,
+every corpus image a small JPEG thumbnail made with Pillow and embedded the same way, and the
+CSS is inline, so the page can be mailed, archived or opened from a bucket without its folder. Inputs are read through `core/storage.py` (Beam's FileSystems) and pyarrow, so a corpus
 on s3:// or gs:// reports like a local one. A section whose input is missing or unreadable says
 "not available" and why; the page is still written.
 
-The page holds no timestamp and PNGs carry no software version, so the same inputs give the same
-bytes with the same matplotlib.
+The page holds no timestamp, PNGs carry no software version and the images shown are chosen by
+sorted keys and a fixed seed, so the same inputs give the same bytes with the same matplotlib
+and Pillow.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import io
 import json
 import math
 import os
+import random
+import re
+import tarfile
 import time
 
 import pyarrow as pa
@@ -35,9 +39,13 @@ from openwit.pipeline.core.layout import (
     FAILURES_FOLDER,
     METRICS_FILE,
     QUERY_COUNTS_FILE,
+    REMOVED_SUFFIX,
     RUN_FILE,
+    SHARD_FAILURES_PREFIX,
     SHARDS_FOLDER,
     STATS_FILE,
+    shard_name,
+    shard_paths,
 )
 
 # matplotlib is imported inside the drawing helpers only: `openwit --help` imports this module's

@@ -13,6 +13,9 @@ Three folders have a fixed shape, and each name below is defined here and nowher
         curated.parquet/part-*.parquet CURATED_SCHEMA (`openwit curate`)
         failures/text-STAGE-*.parquet  FAILURE_SCHEMA: every candidate dropped before download
         failures/shard-NNNNNN.parquet  FAILURE_SCHEMA: every candidate of the shard dropped later
+        failures/shard-NNNNNN-removed.tar  KEY.jpg, KEY.json (its failure record) of the first
+                                       REMOVED_EXAMPLES near or evaluation duplicates of the
+                                       shard by key: what the report shows beside the kept image
         _work/matched-*.parquet        MATCHED_SCHEMA; curation's spill, removed on success
 
     query table folder (`openwit queries`)
@@ -54,6 +57,8 @@ STAGED_FOLDER = "_staged"
 MATCHED_PREFIX = "matched"
 SHARD_NAME_DIGITS = 6
 SHARD_STATS_SUFFIX = "_stats.json"
+REMOVED_SUFFIX = "-removed.tar"
+REMOVED_EXAMPLES = 8  # per shard
 
 SAMPLE_SCHEMA = pa.schema(
     [
@@ -115,7 +120,7 @@ def shard_name(index: int) -> str:
 
 
 def shard_paths(output: str, index: int) -> dict[str, str]:
-    """The four files of one shard in a corpus folder."""
+    """The files of one shard in a corpus folder."""
     name = shard_name(index)
     folder = storage.join(output, SHARDS_FOLDER)
     return {
@@ -124,6 +129,8 @@ def shard_paths(output: str, index: int) -> dict[str, str]:
         "stats": storage.join(folder, f"{name}{SHARD_STATS_SUFFIX}"),
         "failures": storage.join(output, FAILURES_FOLDER,
                                  f"{SHARD_FAILURES_PREFIX}-{name}.parquet"),
+        "removed": storage.join(output, FAILURES_FOLDER,
+                                f"{SHARD_FAILURES_PREFIX}-{name}{REMOVED_SUFFIX}"),
     }
 
 

@@ -18,7 +18,7 @@ from openwit.pipeline.core import layout, storage
 from openwit.pipeline.core.layout import FAILURES_FOLDER, SHARD_FAILURES_PREFIX, SHARDS_FOLDER, shard_name
 from openwit.pipeline.core.records import Reason, Stage
 REUSED_MARK = "reused_from_earlier_run"  # set on stats of shards this run did not rewrite
-_SHARD_FILE = re.compile(r"(?:shard-)?(\d+)(?:\.tar|\.parquet|_stats\.json)$")
+_SHARD_FILE = re.compile(r"(?:shard-)?(\d+)(?:\.tar|\.parquet|_stats\.json|-removed\.tar)$")
 
 
 def text_stage_entries(input_rows: int, dropped: dict) -> list[dict]:

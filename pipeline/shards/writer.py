@@ -36,19 +36,34 @@ def sample_metadata(sample: dict) -> dict:
     return {field: sample[field] for field in SAMPLE_FIELDS}
 
 
-def write_tar(samples, stream, metadata: bool = True) -> None:
+def _json(value: dict) -> bytes:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+
+def sample_members(sample: dict) -> dict[str, bytes]:
+    """A shard's members of one sample: the image, its metadata, its caption."""
+    return {"jpg": sample["jpg"], "json": _json(sample_metadata(sample)),
+            "txt": sample["caption"].encode("utf-8")}
+
+
+def image_only(sample: dict) -> dict[str, bytes]:
+    """A staged file's member of one sample."""
+    return {"jpg": sample["jpg"]}
+
+
+def removed_members(removed: dict) -> dict[str, bytes]:
+    """A removed-examples file's members: the image and the failure record."""
+    return {"jpg": removed["jpg"], "json": _json(removed["record"])}
+
+
+def write_tar(samples, stream, members=sample_members) -> None:
     """Samples as a webdataset tar on `stream`, written as they come: for each sample in
-    order, KEY.jpg, KEY.json, KEY.txt (adjacent, sorted by extension), USTAR headers, mode
-    0444, a fixed owner and mtime, so the same samples give the same bytes.
-    `metadata=False`: KEY.jpg only (a staged file)."""
+    order, its `members` (KEY.jpg, KEY.json, KEY.txt for a shard; adjacent, sorted by
+    extension), USTAR headers, mode 0444, a fixed owner and mtime, so the same samples give
+    the same bytes."""
     with tarfile.open(fileobj=stream, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
         for sample in samples:
-            members = {"jpg": sample["jpg"]}
-            if metadata:
-                members["json"] = json.dumps(sample_metadata(sample), sort_keys=True,
-                                             ensure_ascii=False).encode("utf-8")
-                members["txt"] = sample["caption"].encode("utf-8")
-            for extension, data in members.items():
+            for extension, data in members(sample).items():
                 info = tarfile.TarInfo(f"{sample['key']}.{extension}")
                 info.size, info.mtime, info.mode = len(data), TAR_MTIME, TAR_MODE
                 info.uname = info.gname = TAR_OWNER
@@ -61,6 +76,8 @@ def encode_tar(samples: list[dict]) -> bytes:
     return buffer.getvalue()
 
 
+# Removed samples whose images the report shows beside the kept one.
+REMOVED_SHOWN = (Reason.NEAR_DUPLICATE, Reason.EVAL_DUPLICATE)
 STAGED_FIELD = "staged"  # a sample's jpg waits in this file (see StageImages)
 STAGE_FLUSH_BYTES = 64 * 1024 * 1024  # one bundle's images held per shard before a file
 
@@ -100,7 +117,7 @@ class StageImages(beam.DoFn):
         del self._pending_bytes[shard]
         path = layout.staged_path(self._output, shard, uuid.uuid4().hex)
         with storage.create_atomic(path) as stream:
-            write_tar(samples, stream, metadata=False)
+            write_tar(samples, stream, image_only)
         for sample in samples:
             light = {k: v for k, v in sample.items() if k != "jpg"}
             light[STAGED_FIELD] = path
@@ -162,11 +179,16 @@ class WriteShardFn(beam.DoFn):
                 written.append(sample)
         failures.sort(key=lambda f: (f["key"] or "", f["stage"]))
         paths = layout.shard_paths(self._output, shard)
-        staged = {s[STAGED_FIELD] for s in written if STAGED_FIELD in s}
-        if staged:
-            images = read_staged_images(staged, {s["key"] for s in written})
+        examples = [f for f in failures if f["reason"] in REMOVED_SHOWN][:layout.REMOVED_EXAMPLES]
+        staged_samples = [s for s in parts["samples"] if STAGED_FIELD in s]
+        if staged_samples:
+            wanted = {s["key"] for s in written} | {f["key"] for f in examples}
+            images = read_staged_images({s[STAGED_FIELD] for s in staged_samples}, wanted)
             written = [{**s, "jpg": images[s["key"]]} if STAGED_FIELD in s else s
                        for s in written]
+        else:
+            images = {s["key"]: s["jpg"] for s in parts["samples"] if "jpg" in s}
+        self._write_removed_examples(paths["removed"], examples, images)
 
         tar_bytes = 0
         if written:
@@ -210,6 +232,19 @@ class WriteShardFn(beam.DoFn):
         self._shards.inc()
         self._samples.inc(len(written))
         yield stats
+
+
+    @staticmethod
+    def _write_removed_examples(path: str, examples: list[dict], images: dict) -> None:
+        """A few removed near and evaluation duplicates, image and failure record, for the
+        report to show beside what was kept."""
+        shown = [{"key": f["key"], "jpg": images[f["key"]], "record": f}
+                 for f in examples if f["key"] in images]
+        if not shown:
+            storage.delete([path])  # left by an earlier, other plan
+            return
+        with storage.create_atomic(path) as stream:
+            write_tar(shown, stream, removed_members)
 
 
 class WriteShards(beam.PTransform):

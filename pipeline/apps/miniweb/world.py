@@ -11,7 +11,8 @@ Held-out evaluation images are disjoint from the corpus by construction: every
 item seed is a 63-bit hash shifted left by one bit, with the low bit 0 for
 corpus items and 1 for evaluation items (see :func:`item_seed`), and their
 attribute streams are named differently.  Only the sampling distribution is
-shared.
+shared, except in the "eval_copy" rows: re-encoded or resized copies of evaluation images,
+planted on purpose so that decontamination (`--exclude-images`) has something to find.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ KINDS: tuple[str, ...] = (
     "dup_url",
     "malformed_url",
     "missing_url",
+    "eval_copy",
 )
 DUPLICATE_KINDS: frozenset[str] = frozenset({"exact_dup", "near_dup", "dup_url"})
 ROBOTS_DISALLOWED_FOLDER = "/private/"  # what the mini-web's robots.txt disallows
@@ -117,6 +119,9 @@ class WorldConfig:
     trickle_rate: float = 0.003
     malformed_url_rate: float = 0.005
     missing_url_rate: float = 0.003
+    # Re-encoded or resized copies of evaluation images, planted among the "ok" rows (none
+    # without an evaluation set): what decontamination must keep out of a corpus.
+    eval_copy_rate: float = 0.005
 
     # Caption treatments, as fractions of "ok" rows (each noise type gets
     # caption_noise_rate).  Download-pathology rows always get clean English.
@@ -150,6 +155,8 @@ class WorldConfig:
             raise ValueError("max_aspect must be at least 1")
         if self.slow_seconds <= 0:
             raise ValueError("slow_seconds must be positive")
+        if not 0 <= self.eval_copy_rate <= 0.1:
+            raise ValueError("eval_copy_rate must be in [0, 0.1]")
         if self.eval_images_per_class < 0 or self.eval_image_size < 16:
             raise ValueError("invalid eval set size")
         if not 1 <= self.hosts <= 254:
@@ -157,7 +164,8 @@ class WorldConfig:
 
     def pathology_rates(self) -> dict[str, float]:
         """Rate of every kind except "ok", read from the ``<kind>_rate`` fields."""
-        return {kind: getattr(self, f"{kind}_rate") for kind in KINDS if kind != "ok"}
+        return {kind: getattr(self, f"{kind}_rate") for kind in KINDS
+                if kind not in ("ok", "eval_copy")}
 
 
 @dataclass(frozen=True)
@@ -349,6 +357,7 @@ def generate_world(config: WorldConfig, base_urls: str | Sequence[str]) -> World
     ]
     plans = _plan_captions(config, kinds, specs)
     _put_a_source_first(kinds, plans)
+    eval_copies = _plan_eval_copies(config, kinds, plans)
 
     rows: list[Row] = []
     routes: dict[str, Route] = {}
@@ -357,7 +366,9 @@ def generate_world(config: WorldConfig, base_urls: str | Sequence[str]) -> World
         rng = stream(config.seed, "row", index)
         token = _url_token(config.seed, index)
         base_url = base_urls[index % len(base_urls)]
-        if kind in DUPLICATE_KINDS:
+        if index in eval_copies:
+            row = _eval_copy_row(index, eval_copies[index], token, rng, base_url, routes)
+        elif kind in DUPLICATE_KINDS:
             row = _duplicate_row(index, kind, token, rng.choice(clean_sources), rng, base_url, routes)
         elif kind == "ok":
             row = _ok_row(index, spec, plan, token, rng, base_url, routes)
@@ -413,6 +424,43 @@ def _plan_captions(config: WorldConfig, kinds: list[str], specs: list[ItemSpec])
     for position, row in enumerate(noise_picks):
         plans[row] = _CaptionPlan(noise=CAPTION_NOISES[position // noisy])
     return plans
+
+
+def _plan_eval_copies(config: WorldConfig, kinds: list[str],
+                      plans: list[_CaptionPlan]) -> dict[int, tuple[str, ItemSpec]]:
+    """row -> (evaluation image path, its edited copy) for the rows that show an evaluation
+    image: clean "ok" rows after the first duplicate's source, so nothing else moves."""
+    specs = eval_specs(config)
+    images = [(f"{shape}/{index:04d}.jpg", spec) for shape, shape_specs in specs.items()
+              for index, spec in enumerate(shape_specs)]
+    if not images or config.eval_copy_rate <= 0:
+        return {}
+    clean = [row for row, kind in enumerate(kinds) if kind == "ok" and plans[row].clean]
+    eligible = clean[1:]  # the first clean row is the duplicates' first source
+    rng = stream(config.seed, "eval_copies")
+    count = min(len(eligible) // 4, max(1, round(config.eval_copy_rate * config.samples)))
+    copies = {}
+    for row in sorted(rng.sample(eligible, count)):
+        path, spec = rng.choice(images)
+        copies[row] = (path, _copy_edit(spec, rng))
+    return copies
+
+
+def _copy_edit(spec: ItemSpec, rng: random.Random) -> ItemSpec:
+    """An evaluation image re-encoded or resized, as a web copy of it would be."""
+    if rng.random() < 0.5:
+        qualities = [quality for quality in range(55, 96) if abs(quality - spec.quality) >= 10]
+        return replace(spec, image_format="jpeg", quality=rng.choice(qualities))
+    return replace(spec, edit="resize", edit_amount=round(rng.uniform(0.6, 0.8), 3))
+
+
+def _eval_copy_row(index: int, copy: tuple[str, ItemSpec], token: str, rng: random.Random,
+                   base_url: str, routes: dict[str, Route]) -> Row:
+    path_in_eval_set, spec = copy
+    path = f"/img/{token}.{spec.extension}"
+    _add_route(routes, path, Route(kind="ok", spec=spec))
+    return Row(row=index, url=base_url + path, caption=english_caption(spec, rng),
+               kind="eval_copy", spec=spec, duplicate_of=f"eval/{path_in_eval_set}")
 
 
 def _put_a_source_first(kinds: list[str], plans: list[_CaptionPlan]) -> None:
