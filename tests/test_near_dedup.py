@@ -103,6 +103,16 @@ def test_a_hot_bucket_is_sub_split_not_compared_all_pairs(monkeypatch):
     assert found == expected and expected
 
 
+def test_the_union_find_takes_long_chains_in_any_order():
+    from openwit.pipeline.images.near_dedup import UnionFind
+
+    groups = UnionFind()
+    nodes = [(f"k{i:06d}", "0") for i in range(20_000)]
+    for a, b in zip(reversed(nodes[:-1]), reversed(nodes[1:])):  # the worst order for depth
+        groups.union(b, a)
+    assert {groups.find(node) for node in nodes} == {nodes[0]}
+
+
 def test_pigeonhole_bands_share_a_value_for_every_close_pair():
     rng = random.Random(1)
     for _ in range(200):
@@ -154,10 +164,15 @@ def test_identical_hashes_collapse_and_the_smallest_key_survives():
                    for i in range(1, 30)}, same)
 
 
-def test_a_written_sample_survives_its_group_whatever_its_key():
-    new = [("a", 3, h(1000)), ("b", 3, h(1001))]
-    assert_losers({"a": (3, Reason.NEAR_DUPLICATE, kept("z", hamming(h(1000), h(1003)))),
-                   "b": (3, Reason.NEAR_DUPLICATE, kept("z", hamming(h(1001), h(1003))))},
+def test_samples_of_completed_shards_group_by_key_and_are_never_removed():
+    new = [("b", 3, h(1000)), ("c", 3, h(1001))]
+    # A completed shard's sample with a smaller key (written, or dropped after grouping):
+    # the new ones lose to it, as they did in the run that completed the shard.
+    assert_losers({"b": (3, Reason.NEAR_DUPLICATE, kept("a", hamming(h(1000), h(1003)))),
+                   "c": (3, Reason.NEAR_DUPLICATE, kept("a", hamming(h(1001), h(1003))))},
+                  new, written=[("a", 0, h(1003))])
+    # With a bigger key it is not removed (it is in a shard), and the smallest new one stays.
+    assert_losers({"c": (3, Reason.NEAR_DUPLICATE, kept("b", 1))},
                   new, written=[("z", 0, h(1003))])
 
 

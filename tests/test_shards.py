@@ -207,7 +207,7 @@ def test_stale_shard_files():
 def test_parquet_bytes_roundtrip():
 
     rows = [{"key": "a", "url": None, "caption": "c", "stage": "read", "reason": "r",
-             "detail": ""}]
+             "detail": "", "phash": None}]
     assert pq.read_table(io.BytesIO(storage.encode_parquet(rows, FAILURE_SCHEMA))).to_pylist() == rows
 
 

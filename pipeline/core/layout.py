@@ -110,6 +110,9 @@ FAILURE_SCHEMA = pa.schema(
         ("stage", pa.string()),
         ("reason", pa.string()),
         ("detail", pa.string()),
+        # A sample dropped after download keeps its perceptual hash: a resumed run groups
+        # near-duplicates with the dropped samples of completed shards, as the first run did.
+        ("phash", pa.string()),
     ]
 )
 FAILURE_FIELDS = tuple(FAILURE_SCHEMA.names)

@@ -122,6 +122,7 @@ def failure(candidate: dict, stage: str, reason: str, detail: str = "") -> dict:
         "stage": stage,
         "reason": reason,
         "detail": detail[:500],
+        "phash": candidate.get("phash"),
     }
 
 

@@ -16,9 +16,10 @@ bits its members do not all share, again into `distance + 1` parts (`close_pairs
 bucket's work stays near-linear whatever its size. Identical hashes never reach a bucket more
 than once: they are collapsed first.
 
-The survivor of a group is its smallest (written first, then key) member, whatever the runner
-and the worker count: union by that order is associative and commutative. A sample an earlier
-run wrote always survives, so a resumed run keeps the same survivors.
+The survivor of a group is its smallest key, whatever the runner and the worker count: union
+by key is associative and commutative. A resumed run's groups hold the samples of completed
+shards too, written or dropped after grouping (their hashes are in the failure records), so it
+keeps the same survivors; a sample already written is never removed.
 """
 
 from __future__ import annotations
@@ -123,18 +124,18 @@ def near_pairs(hashes: list[str], bits: int, distance: int, hot_bucket: int) -> 
 
 
 class UnionFind:
-    """Nodes are (0 for written / 1 for new, key, hash) tuples; a group's root is its
-    smallest node, so the result does not depend on the order of unions."""
+    """Nodes are (key, hash) pairs; a group's root is its smallest node, so the result does
+    not depend on the order of unions."""
 
     def __init__(self):
         self.parent: dict[tuple, tuple] = {}
 
     def find(self, node: tuple) -> tuple:
-        parent = self.parent.setdefault(node, node)
-        if parent == node:
-            return node
-        root = self.find(parent)
-        self.parent[node] = root
+        root = self.parent.setdefault(node, node)
+        while self.parent[root] != root:  # a loop, not recursion: chains can be long
+            root = self.parent[root]
+        while node != root:
+            self.parent[node], node = root, self.parent[node]
         return root
 
     def union(self, a: tuple, b: tuple) -> None:
@@ -169,7 +170,7 @@ class _Groups(beam.CombineFn):
         for node in list(groups.parent):
             root = groups.find(node)
             if root != node:
-                roots[node[1]] = root
+                roots[node[0]] = root
         return roots
 
 
@@ -177,19 +178,21 @@ class _Groups(beam.CombineFn):
 
 
 def _representatives(hash_and_members):
-    """(hash, [node]) -> ("rep", node) once, and ("member", (node, shard, representative)) for
-    each member: identical hashes are one node in the search."""
+    """(hash, [(node, shard, is_new)]) -> the smallest node on "representative", and
+    (node, shard, is_new, representative) for each member: identical hashes are one node in
+    the search."""
     _, members = hash_and_members
-    ordered = sorted(members)
-    representative = ordered[0][0]
+    # Two passes over the grouped values (Beam's are re-iterable), never a sorted copy: a
+    # placeholder picture may be shared by millions of URLs.
+    representative = min(node for node, _, _ in members)
     yield beam.pvalue.TaggedOutput("representative", representative)
-    for node, shard in ordered:
-        yield node, shard, representative
+    for node, shard, is_new in members:
+        yield node, shard, is_new, representative
 
 
 def _in_bands(bits: int, distance: int):
     def emit(node):
-        for band in bands(node[2], bits, distance):
+        for band in bands(node[1], bits, distance):
             yield band, node
     return emit
 
@@ -200,7 +203,7 @@ def _pairs_in_band(bits: int, distance: int, hot_bucket: int):
         nodes = sorted(set(nodes))
         if len(nodes) < 2:
             return
-        words = to_words([node[2] for node in nodes], bits)
+        words = to_words([node[1] for node in nodes], bits)
         groups = UnionFind()
         for rows, cols in close_pairs(words, bits, distance, hot_bucket, connect_only=True):
             for i, j in zip(rows.tolist(), cols.tolist()):
@@ -214,13 +217,13 @@ def _pairs_in_band(bits: int, distance: int, hot_bucket: int):
 
 
 def _losers(member, roots):
-    node, shard, representative = member
-    is_new, key, value = node
-    survivor = roots.get(representative[1], representative)
-    if not is_new or survivor[1] == key:
+    (key, value), shard, is_new, representative = member
+    survivor_key, survivor_hash = roots.get(representative[0], representative)
+    if not is_new or survivor_key == key:
         return
     yield shard, failure({"key": key}, Stage.DEDUP_IMAGE, Reason.NEAR_DUPLICATE,
-                         f"Hamming distance {hamming(value, survivor[2])} from {survivor[1]}, which is kept")
+                         f"Hamming distance {hamming(value, survivor_hash)} from {survivor_key}, "
+                         "which is kept")
 
 
 class EvalIndex:
@@ -250,32 +253,33 @@ class EvalIndex:
 
 
 class _AgainstEvaluationSet(beam.DoFn):
-    """Nodes -> the nodes not close to an evaluation image; the others' failure records on
-    the "eval" output. Written samples pass: they are in shards already."""
+    """(node, shard, is_new) -> those not close to an evaluation image; the others' failure
+    records on the "eval" output. Samples of completed shards pass: they are written."""
 
     def __init__(self, bits: int, distance: int):
         self._bits, self._distance = bits, distance
         self._index = None
 
-    def process(self, node_and_shard, eval_hashes):
-        node, shard = node_and_shard
+    def process(self, member, eval_hashes):
+        (key, value), shard, is_new = member
         if self._index is None:
             self._index = EvalIndex(eval_hashes, self._bits, self._distance)
-        close = self._index.closest(node[2]) if node[0] else None
+        close = self._index.closest(value) if is_new else None
         if close is None:
-            yield node_and_shard
+            yield member
             return
         distance, source = close
         yield beam.pvalue.TaggedOutput("eval", (shard, failure(
-            {"key": node[1]}, Stage.DEDUP_IMAGE, Reason.EVAL_DUPLICATE,
+            {"key": key}, Stage.DEDUP_IMAGE, Reason.EVAL_DUPLICATE,
             f"Hamming distance {distance} from evaluation image {source}")))
 
 
 class FindNearDuplicates(beam.PTransform):
     """Which samples are near-duplicates of a kept one, or close to an evaluation image.
 
-    Input: (key, shard, hash) triples of this run's samples; `written`: the same of samples
-    earlier runs wrote (they always survive); `eval_hashes`: (hash, source) pairs.
+    Input: (key, shard, hash) triples of this run's samples; `written`: the same of the samples
+    of completed shards that took part in grouping (never removed); `eval_hashes`: (hash,
+    source) pairs.
     Output: (shard, failure record) for every removed sample of this run.
     """
 
@@ -288,10 +292,10 @@ class FindNearDuplicates(beam.PTransform):
 
     def expand(self, new):
         c, bits = self._config, self._bits
-        nodes = [new | "New nodes" >> beam.Map(lambda t: ((1, t[0], t[2]), t[1]))]
+        nodes = [new | "New nodes" >> beam.Map(lambda t: ((t[0], t[2]), t[1], True))]
         if self._written is not None:
             nodes.append(self._written | "Written nodes" >> beam.Map(
-                lambda t: ((0, t[0], t[2]), t[1])))
+                lambda t: ((t[0], t[2]), t[1], False)))
         nodes = nodes | "All nodes" >> beam.Flatten()
         removed = []
         if self._eval_hashes is not None:
@@ -302,7 +306,7 @@ class FindNearDuplicates(beam.PTransform):
             removed.append(checked.eval)
         collapsed = (
             nodes
-            | "By hash" >> beam.Map(lambda node_and_shard: (node_and_shard[0][2], node_and_shard))
+            | "By hash" >> beam.Map(lambda member: (member[0][1], member))
             | "Identical hashes" >> beam.GroupByKey()
             | "Representatives" >> beam.FlatMap(_representatives).with_outputs(
                 "representative", main="members")

@@ -20,7 +20,7 @@ from openwit.pipeline.images.eval_set import hash_paths
 from openwit.pipeline.images.image_dedup import FindImageDuplicates
 from openwit.pipeline.images.image_hash import is_hash
 from openwit.pipeline.images.near_dedup import FindNearDuplicates
-from openwit.pipeline.shards.plan import PlanShards, read_written_samples
+from openwit.pipeline.shards.plan import PlanShards, read_grouped_drops, read_written_samples
 from openwit.pipeline.shards.summary import REUSED_MARK, WriteSummary
 from openwit.pipeline.shards.writer import StageImages, WriteShards
 
@@ -53,12 +53,6 @@ class _Without(beam.PTransform):
             | "Join" >> beam.CoGroupByKey()
             | "Not dropped" >> beam.FlatMapTuple(_unless_dropped)
         )
-
-
-def _written_node(sample, hex_length):
-    # A shard written with another hash kind or size has nothing to compare with.
-    if is_hash(sample["phash"], hex_length):
-        yield sample["key"], sample["shard"], sample["phash"]
 
 
 class ImageHalf(beam.PTransform):
@@ -106,13 +100,20 @@ class ImageHalf(beam.PTransform):
         )
         distinct = (staged | "Key, queries, hash" >> beam.Map(_light)
                     | "Without duplicates" >> _Without(duplicates))
+        hex_length = config.download.hasher.hex_length
+        completed_nodes = (
+            (written | "Nodes of completed shards" >> beam.Map(
+                lambda s: (s["key"], s["shard"], s["phash"])),
+             plan.reused | "Grouped drops of completed shards" >> beam.FlatMap(
+                read_grouped_drops(output)))
+            | "Completed nodes" >> beam.Flatten()
+            | "Of this hash" >> beam.Filter(lambda node: is_hash(node[2], hex_length))
+        )
         near_duplicates = (
             distinct
             | "Node of each" >> beam.Map(lambda s: (s["key"], s["shard"], s["phash"]))
             | "Find near-duplicates" >> FindNearDuplicates(
-                config.dedup, config.download.hasher.bits,
-                written=written | "Perceptual hashes of completed shards" >> beam.FlatMap(
-                    _written_node, config.download.hasher.hex_length),
+                config.dedup, config.download.hasher.bits, written=completed_nodes,
                 eval_hashes=eval_hashes)
         )
         survivors = distinct | "Without near-duplicates" >> _Without(near_duplicates)

@@ -19,7 +19,7 @@ import typing
 import apache_beam as beam
 
 from openwit.pipeline.core import layout, storage
-from openwit.pipeline.core.records import stable_hash64
+from openwit.pipeline.core.records import Reason, stable_hash64
 
 
 def shard_of(key: str, num_shards: int) -> int:
@@ -123,5 +123,28 @@ def read_written_samples(output: str):
                                      columns=["sha256", "phash", "key", "queries"])
         for row in table.to_pylist():
             yield {**row, "shard": shard}
+
+    return read
+
+
+# Samples of a completed shard that reached near-duplicate grouping but were not written.
+GROUPED_REASONS = (Reason.NEAR_DUPLICATE, Reason.OVER_QUERY_CAP)
+
+
+def read_grouped_drops(output: str):
+    """(shard, stats) of a completed shard -> (key, shard, phash) of its samples that took part
+    in near-duplicate grouping and were then dropped (as near-duplicates, or by the cap)."""
+
+    def read(shard_and_stats):
+        shard, _ = shard_and_stats
+        path = layout.shard_paths(output, shard)["failures"]
+        if not storage.exists(path):
+            return
+        table = storage.read_parquet(path)
+        if "phash" not in table.column_names:
+            return  # written before failure records kept the hash
+        for row in table.select(["key", "reason", "phash"]).to_pylist():
+            if row["reason"] in GROUPED_REASONS and row["phash"]:
+                yield row["key"], shard, row["phash"]
 
     return read
