@@ -10,12 +10,14 @@ import base64
 import io
 import json
 import re
+import tarfile
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from openwit.pipeline.apps import report
 from openwit.pipeline.apps.cli import main
 from openwit.pipeline.apps.report import ReportConfig, render_report, write_report
 from openwit.pipeline.core.layout import (
@@ -26,6 +28,9 @@ from openwit.pipeline.core.layout import (
 )
 
 IMAGE = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+THUMBNAIL = re.compile(r'<figure class="thumb">(?:<img src="data:image/jpeg;base64,'
+                       r'([A-Za-z0-9+/=]+)"[^>]*>|<p class="na">(.*?)</p>)'
+                       r"<figcaption><code>(.*?)</code>(.*?)</figcaption></figure>")
 CLASSES = ["circle", "square", "triangle"]
 STAGES = [
     {"stage": "read", "in": 12345, "kept": 12300, "dropped": {"missing_url": 45}},
@@ -52,9 +57,9 @@ def _write_parquet(path, rows, schema):
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
 
 
-def _sample(i: int) -> dict:
+def _sample(i: int, queries=("circle", "red")) -> dict:
     return {"key": f"{i:016x}", "url": f"http://a.test/{i}.jpg", "caption": f"a red circle {i}",
-            "queries": ["circle", "red"], "language": "en", "language_prob": 1.0,
+            "queries": list(queries), "language": "en", "language_prob": 1.0,
             "width": 64 + i % 3, "height": 64, "original_width": 200 + 10 * i,
             "original_height": 150 + 5 * i, "original_bytes": 10_000 + 1000 * i,
             "sha256": f"{i:064x}", "phash": f"{i:016x}"}
@@ -63,6 +68,38 @@ def _sample(i: int) -> dict:
 def _failure(i: int, stage: str, reason: str, detail: str = "") -> dict:
     return {"key": f"f{i:015x}", "url": f"http://a.test/f{i}.jpg", "caption": "x",
             "stage": stage, "reason": reason, "detail": detail}
+
+
+def _colour(i: int) -> tuple[int, int, int]:
+    """A colour of its own for sample i, so a thumbnail shows whose image it is."""
+    return (37 * i % 256, 90 + 53 * i % 160, 255 - 29 * i % 256)
+
+
+def _jpeg(colour, size=(200, 150)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def _tar(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def write_shard(folder, index: int, samples: list[dict]) -> None:
+    """shards/NNNNNN.parquet and shards/NNNNNN.tar (KEY.jpg, KEY.json, KEY.txt per sample)."""
+    _write_parquet(folder / "shards" / f"{index:06d}.parquet", samples, SAMPLE_SCHEMA)
+    members = {}
+    for sample in samples:
+        members[f"{sample['key']}.jpg"] = _jpeg(_colour(int(sample["key"], 16)))
+        members[f"{sample['key']}.json"] = json.dumps(sample).encode()
+        members[f"{sample['key']}.txt"] = sample["caption"].encode()
+    (folder / "shards" / f"{index:06d}.tar").write_bytes(_tar(members))
 
 
 def write_built_corpus(folder) -> None:
@@ -82,8 +119,7 @@ def write_built_corpus(folder) -> None:
         {"query_id": 1, "query": "circle", "matched": 800, "kept": 790, "written": 700},
         {"query_id": 2, "query": "hexagon", "matched": 20, "kept": 20, "written": 0},
     ], QUERY_COUNTS_SCHEMA)
-    _write_parquet(folder / "shards" / "000000.parquet", [_sample(i) for i in range(40)],
-                   SAMPLE_SCHEMA)
+    write_shard(folder, 0, [_sample(i) for i in range(40)])
     _write_parquet(folder / "failures" / "text-language-0.parquet",
                    [_failure(i, "language", "language_not_wanted", "fr p=0.99")
                     for i in range(3)] + [_failure(9, "language", "language_uncertain",
@@ -194,7 +230,9 @@ def test_full_report_embeds_every_plot_and_the_numbers(full_inputs):
 
     images = embedded_images(page)
     assert len(images) == CORPUS_PLOTS + RUN_PLOTS + EVAL_PLOTS + ABLATION_PLOTS
-    assert page.count("<img ") == len(images)  # every image is an embedded PNG
+    # Every image is an embedded PNG plot or a JPEG thumbnail: the gallery's 12 here.
+    assert len(thumbnails(section_of(page, "gallery"))) == 12
+    assert page.count("<img ") == len(images) + len(thumbnails(page))
     # Self-contained: nothing fetched from elsewhere.
     assert not re.search(r'<(link|script)\b|src="(?!data:)|url\(', page)
     # metrics.jsonl has no sample counts and this run has no run.json to read its batch from.
@@ -240,7 +278,7 @@ def test_missing_inputs_say_not_available(tmp_path):
     assert path == str(output)
     assert embedded_images(page) == []
     for what in ("Headline numbers", "Stage counts", "Per-query counts", "Failures",
-                 "Language mix", "Image sizes", "Duplicates", "Training metrics",
+                 "Language mix", "Image sizes", "Duplicates", "Sample gallery", "Training metrics",
                  "Evaluation", "Ablation"):
         assert f"{what}: not available" in page
 
@@ -314,3 +352,218 @@ def test_cli_report_on_s3(s3, full_inputs):
     # The run's eval.json is found on S3 too; no ablation was asked for.
     assert len(embedded_images(page)) == CORPUS_PLOTS + RUN_PLOTS + EVAL_PLOTS
     assert "12,345" in page and "triangle" in page
+
+
+# ------------------------------------------------------------- dedup examples and gallery
+
+KEPT_ACROSS, KEPT_HERE = f"{45:016x}", f"{7:016x}"  # kept keys in shard 1 and shard 0
+HOSTILE_CAPTION = "<script>alert(1)</script> a near copy"
+HOSTILE_URL = 'http://a.test/"><script>x</script>.jpg'
+EVAL_SOURCE = "eval/<b>cat</b>.png"
+# key -> (reason, detail, colour of its image)
+REMOVED = {
+    "f0000000000000a1": ("near_duplicate", f"Hamming distance 3 from {KEPT_ACROSS}, which is kept",
+                         (250, 10, 10)),
+    "f0000000000000a2": ("near_duplicate", f"Hamming distance 5 from {KEPT_ACROSS}, which is kept",
+                         (10, 250, 10)),
+    "f0000000000000b1": ("near_duplicate", f"Hamming distance 6 from {KEPT_HERE}, which is kept",
+                         (10, 10, 250)),
+    "f0000000000000e1": ("eval_duplicate",
+                         f"Hamming distance 2 from evaluation image {EVAL_SOURCE}", (250, 250, 10)),
+}
+DEDUP_STAGE = {"stage": "dedup_image", "in": 11000, "kept": 10870,
+               "dropped": {"duplicate_image": 100, "near_duplicate": 17, "eval_duplicate": 13}}
+
+
+def removed_tar() -> bytes:
+    """failures/shard-000000-removed.tar as the shard writer lays it out: KEY.jpg, KEY.json."""
+    members = {}
+    for key, (reason, detail, colour) in REMOVED.items():
+        record = {"key": key, "url": HOSTILE_URL if key.endswith("a1") else f"http://a.test/{key}",
+                  "caption": HOSTILE_CAPTION if key.endswith("a1") else f"removed {key}",
+                  "stage": "dedup_image", "reason": reason, "detail": detail}
+        members[f"{key}.jpg"] = _jpeg(colour)
+        members[f"{key}.json"] = json.dumps(record).encode()
+    return _tar(members)
+
+
+def write_dedup_corpus(folder) -> None:
+    """A built corpus with near and evaluation duplicates: two shards, stats.json with
+    duplicates_removed and the evaluation set, and shard 0's removed-example file."""
+    write_built_corpus(folder)
+    write_shard(folder, 1, [_sample(i, ("square",)) for i in range(40, 60)])
+    stats = json.loads((folder / "stats.json").read_text())
+    stats["stages"] = [DEDUP_STAGE if s["stage"] == "dedup_image" else s for s in stats["stages"]]
+    stats["failures_by_reason"] = _reasons(stats["stages"])
+    stats["duplicates_removed"] = {"url": 50, "identical_image": 100, "near_duplicate": 17,
+                                   "eval_duplicate": 13}
+    stats["config"] = {"dedup": {"near_distance": 8},
+                       "excluded_images": {"hashed": 250, "unreadable": 2, "unreadable_examples": [
+                           ["eval/broken.png", "cannot identify image file"],
+                           ["eval/<i>empty</i>.jpg", "empty file"]]}}
+    (folder / "stats.json").write_text(json.dumps(stats))
+    (folder / "failures" / "shard-000000-removed.tar").write_bytes(removed_tar())
+
+
+def section_of(page: str, anchor: str) -> str:
+    return page.split(f'<section id="{anchor}">')[1].split("</section>")[0]
+
+
+def thumbnails(html_text: str) -> dict[str, tuple[Image.Image | None, str]]:
+    """key -> (its decoded thumbnail, or None where the page says it is not available; the
+    text beneath it)."""
+    found = {}
+    for encoded, missing, key, text in THUMBNAIL.findall(html_text):
+        image = None
+        if encoded:
+            image = Image.open(io.BytesIO(base64.b64decode(encoded)))
+            image.load()
+            assert image.format == "JPEG" and max(image.size) <= 128
+        found[key] = (image, missing + text)
+    return found
+
+
+def _looks_like(image: Image.Image, colour) -> bool:
+    centre = image.convert("RGB").getpixel((image.width // 2, image.height // 2))
+    return all(abs(a - b) <= 12 for a, b in zip(centre, colour))
+
+
+@pytest.fixture
+def dedup_corpus(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    write_dedup_corpus(corpus)
+    return corpus
+
+
+def test_dedup_section_shows_counts_kept_and_removed_images_and_distances(dedup_corpus):
+    section = section_of(render_report(ReportConfig(corpus=str(dedup_corpus))), "duplicates")
+    for meaning, reason, n in (("repeated URL", "duplicate_url", 50),
+                               ("identical image bytes", "duplicate_image", 100),
+                               ("near-duplicate image", "near_duplicate", 17),
+                               ("copy of an evaluation image", "eval_duplicate", 13)):
+        assert f"<td>{meaning}</td>" in section
+        assert re.search(rf"<td>{reason}</td><td class=\"num\">{n}</td>", section)
+    assert "Counts from stats.json&#x27;s duplicates_removed" in section
+    assert "250 images hashed, 2 unreadable; 13 copies" in section
+    assert "eval/broken.png (cannot identify image file)" in section
+    assert "at most 8 bits apart" in section
+    assert "not available" not in section
+
+    shown = thumbnails(section)
+    assert set(shown) == {KEPT_ACROSS, KEPT_HERE, *REMOVED}
+    # The kept images are the shards' own (one from another shard than the removed file's).
+    for kept in (KEPT_ACROSS, KEPT_HERE):
+        image, text = shown[kept]
+        assert _looks_like(image, _colour(int(kept, 16))) and "kept" in text
+    for key, (reason, detail, colour) in REMOVED.items():
+        assert _looks_like(shown[key][0], colour)
+    assert "removed: Hamming distance 3" in shown["f0000000000000a1"][1]
+    assert "removed: Hamming distance 6" in shown["f0000000000000b1"][1]
+    assert ("removed: Hamming distance 2 from evaluation image "
+            "eval/&lt;b&gt;cat&lt;/b&gt;.png") in shown["f0000000000000e1"][1]
+    # Groups are ordered by kept key, each kept image first, then what it removed by key.
+    order = [key for key in re.findall(r"<code>(.*?)</code>", section)]
+    assert order == [KEPT_HERE, "f0000000000000b1", KEPT_ACROSS, "f0000000000000a1",
+                     "f0000000000000a2", "f0000000000000e1"]
+
+
+def test_dedup_examples_escape_captions_urls_and_sources(dedup_corpus):
+    page = render_report(ReportConfig(corpus=str(dedup_corpus)))
+    assert "<script>" not in page and "<b>cat" not in page and "<i>empty" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; a near copy" in page
+    assert 'title="http://a.test/&quot;&gt;&lt;script&gt;x&lt;/script&gt;.jpg"' in page
+    assert "eval/&lt;i&gt;empty&lt;/i&gt;.jpg (empty file)" in page
+
+
+def test_dedup_without_a_removed_file_says_so(dedup_corpus):
+    (dedup_corpus / "failures" / "shard-000000-removed.tar").unlink()
+    page = render_report(ReportConfig(corpus=str(dedup_corpus)))
+    section = section_of(page, "duplicates")
+    assert "Duplicate examples: not available (no removed-example files" in section
+    assert re.search(r"<td>near_duplicate</td><td class=\"num\">17</td>", section)
+    assert thumbnails(section) == {}
+    assert len(thumbnails(section_of(page, "gallery"))) == 12  # the rest of the page renders
+
+
+@pytest.mark.parametrize("damage", ["garbage", "empty", "cut"])
+def test_dedup_with_a_broken_removed_file_says_so(dedup_corpus, damage):
+    path = dedup_corpus / "failures" / "shard-000000-removed.tar"
+    data = {"garbage": b"this is not a tar file " * 40, "empty": b"",
+            "cut": removed_tar()[:700]}[damage]  # inside the first image
+    path.write_bytes(data)
+    page = render_report(ReportConfig(corpus=str(dedup_corpus)))
+    section = section_of(page, "duplicates")
+    assert f"Duplicate examples: not available (could not read {path}" in section
+    assert thumbnails(section) == {}
+    assert "unexpected input format" not in page
+    assert len(thumbnails(section_of(page, "gallery"))) == 12
+
+
+def test_dedup_shows_what_it_can_when_images_are_broken_missing_or_too_large(
+        dedup_corpus, monkeypatch):
+    members = {}
+    with tarfile.open(fileobj=io.BytesIO(removed_tar())) as tar:
+        for member in tar.getmembers():
+            members[member.name] = tar.extractfile(member).read()
+    members["f0000000000000a2.jpg"] = b"\xff\xd8 not really a jpeg"
+    members["f0000000000000e1.jpg"] = _jpeg((1, 2, 3), size=(1200, 1200))  # the largest
+    members["f0000000000000b1.json"] = b"{not json"
+    (dedup_corpus / "failures" / "shard-000000-removed.tar").write_bytes(_tar(members))
+    (dedup_corpus / "shards" / "000001.tar").unlink()  # where KEPT_ACROSS is
+    monkeypatch.setattr(report, "MAX_TAR_MEMBER_BYTES", len(members["f0000000000000e1.jpg"]) - 1)
+
+    section = section_of(render_report(ReportConfig(corpus=str(dedup_corpus))), "duplicates")
+    shown = thumbnails(section)
+    assert _looks_like(shown["f0000000000000a1"][0], REMOVED["f0000000000000a1"][2])
+    assert shown["f0000000000000a2"][0] is None and "not a readable image" in shown[
+        "f0000000000000a2"][1]
+    assert shown[KEPT_ACROSS][0] is None and "000001.tar does not exist" in shown[KEPT_ACROSS][1]
+    assert shown["f0000000000000e1"][0] is None
+    assert "f0000000000000e1.jpg in" in section and "over the" in section  # skipped: too large
+    assert "f0000000000000b1.json in" in section and "is not a failure record" in section
+    assert KEPT_HERE not in shown  # its only removed image's record was unreadable
+
+
+def test_old_stats_without_duplicates_removed_fall_back_to_stage_drops(dedup_corpus):
+    stats = json.loads((dedup_corpus / "stats.json").read_text())
+    del stats["duplicates_removed"], stats["config"]
+    (dedup_corpus / "stats.json").write_text(json.dumps(stats))
+    section = section_of(render_report(ReportConfig(corpus=str(dedup_corpus))), "duplicates")
+    assert "predates duplicates_removed: the counts come from the dedup stages" in section
+    for reason, n in (("duplicate_url", 50), ("duplicate_image", 100), ("near_duplicate", 17),
+                      ("eval_duplicate", 13)):
+        assert re.search(rf"<td>{reason}</td><td class=\"num\">{n}</td>", section)
+    assert "No evaluation set was excluded" in section
+    assert len(thumbnails(section)) == 6  # the examples do not depend on stats.json
+
+
+def test_gallery_is_seeded_and_shows_captions_and_queries(dedup_corpus):
+    config = ReportConfig(corpus=str(dedup_corpus))
+    first, second = (section_of(render_report(config), "gallery") for _ in range(2))
+    assert first == second
+    shown = thumbnails(first)
+    assert len(shown) == 12
+    for key, (image, text) in shown.items():
+        i = int(key, 16)
+        assert _looks_like(image, _colour(i))  # each sample's own image from its shard's tar
+        assert f"a red circle {i}" in text
+        assert text.endswith("queries: circle, red" if i < 40 else "queries: square")
+    assert sorted(shown) != [f"{i:016x}" for i in range(12)]  # drawn, not the first rows
+    assert "seed 0 from shard(s) 000000, 000001" in first
+    assert "not available" not in first
+
+
+def test_gallery_says_which_images_it_could_not_read(dedup_corpus):
+    (dedup_corpus / "shards" / "000001.tar").write_bytes(b"broken")
+    section = section_of(render_report(ReportConfig(corpus=str(dedup_corpus))), "gallery")
+    shown = thumbnails(section)
+    assert len(shown) == 12
+    from_shard_1 = [key for key in shown if int(key, 16) >= 40]
+    assert from_shard_1 and len(from_shard_1) < 12
+    for key, (image, text) in shown.items():
+        if key in from_shard_1:
+            assert image is None and "Image: not available (could not read" in text
+            assert "000001.tar" in text
+        else:
+            assert _looks_like(image, _colour(int(key, 16)))

@@ -3,9 +3,11 @@ its evaluation and a balancing ablation.
 
 Every plot is a PNG drawn with matplotlib's Agg canvas and embedded as a base64 `data:` URI,
 every corpus image a small JPEG thumbnail made with Pillow and embedded the same way, and the
-CSS is inline, so the page can be mailed, archived or opened from a bucket without its folder. Inputs are read through `core/storage.py` (Beam's FileSystems) and pyarrow, so a corpus
-on s3:// or gs:// reports like a local one. A section whose input is missing or unreadable says
-"not available" and why; the page is still written.
+CSS is inline, so the page can be mailed, archived or opened from a bucket without its folder.
+Inputs are read through `core/storage.py` (Beam's FileSystems) and pyarrow, so a corpus on s3://
+or gs:// reports like a local one; the images come from a few tars only, streamed into memory
+member by member. A section whose input is missing or unreadable says "not available" and why;
+the page is still written.
 
 The page holds no timestamp, PNGs carry no software version and the images shown are chosen by
 sorted keys and a fixed seed, so the same inputs give the same bytes with the same matplotlib
@@ -31,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from openwit.pipeline.core import storage
+from openwit.pipeline.shards.summary import DUPLICATE_KINDS as SUMMARY_DUPLICATE_KINDS
 from openwit.pipeline.core.errors import ConfigError
 from openwit.pipeline.core.flags import add_output_flag
 from openwit.pipeline.core.layout import (
@@ -62,6 +65,30 @@ MAX_LANGUAGES_PLOTTED = 15
 MAX_CLASSES_LABELLED = 100  # above this, class names are left off the per-class axes
 MAX_CLASSES_LISTED = 30  # class names written out in the zero-shot summary
 MAX_CONFUSION_ANNOTATED = 20  # classes up to which each confusion cell shows its count
+
+# Corpus images are shown as thumbnails: a few dozen of them keep the page to a few hundred kB.
+THUMBNAIL_PIXELS = 128  # the longer side
+THUMBNAIL_QUALITY = 75
+# Tars are read into memory member by member; a larger member is skipped, not read.
+MAX_TAR_MEMBER_BYTES = 5 * 1024 * 1024
+# A small JPEG can declare a huge canvas (a decompression bomb): such images are not decoded.
+MAX_SOURCE_PIXELS = 40_000_000
+MAX_NEAR_GROUPS = 6
+MAX_REMOVED_PER_GROUP = 4
+MAX_EVAL_COPIES = 6
+# The removed-example files are read in name order until enough examples are found.
+MAX_REMOVED_FILES_READ = 16
+# A kept image can be in any shard (shards are planned by a hash of the key): its key is looked
+# up in this many shard parquet files at most, so a large corpus is not read whole.
+MAX_SHARDS_SEARCHED = 64
+GALLERY_SAMPLES = 12
+GALLERY_SHARDS = 3  # the gallery's samples come from this many shards: only their tars are read
+GALLERY_SEED = 0
+MAX_CAPTION_SHOWN = 160  # characters of a caption under a thumbnail
+MAX_PROBLEMS_LISTED = 10
+NEAR_DETAIL = re.compile(r"Hamming distance (\d+) from (\S+), which is kept")
+EVAL_DETAIL = re.compile(r"Hamming distance (\d+) from evaluation image (.*)", re.DOTALL)
+SHARD_PARQUET = re.compile(r"(?:^|[/\\])(\d+)\.parquet$")  # shards/NNNNNN.parquet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +152,65 @@ class CorpusData:
     failure_counts: dict | Unavailable  # {(stage, reason): records in failures/}
     rejected_languages: dict | Unavailable  # {language: {reason: n}} from the language stage
     curated_languages: dict | Unavailable  # {language: n} from curated.parquet/ (curate only)
+    removed_examples: RemovedExamples | Unavailable = Unavailable("not read")
+    gallery: Gallery | Unavailable = Unavailable("not read")
+
+
+@dataclasses.dataclass(frozen=True)
+class Picture:
+    """A corpus image to show: its thumbnail (a data: URI), or why there is none, and its text."""
+
+    key: str
+    caption: str
+    url: str
+    thumbnail: str | Unavailable
+
+
+@dataclasses.dataclass(frozen=True)
+class RemovedRecord:
+    """A removed near or evaluation duplicate, from its KEY.json in a removed-example file."""
+
+    key: str
+    url: str
+    caption: str
+    reason: str
+    distance: int
+    other: str  # near_duplicate: the key kept instead; eval_duplicate: the evaluation image
+
+
+@dataclasses.dataclass(frozen=True)
+class NearGroup:
+    kept: Picture
+    removed: list[tuple[Picture, int]]  # each removed image and its Hamming distance
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalCopy:
+    picture: Picture
+    distance: int
+    source: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RemovedExamples:
+    groups: list[NearGroup]
+    eval_copies: list[EvalCopy]
+    files_read: int
+    files_total: int
+    problems: list[str]  # what could not be shown, and why
+
+
+@dataclasses.dataclass(frozen=True)
+class GallerySample:
+    picture: Picture
+    queries: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Gallery:
+    samples: list[GallerySample]
+    shards: list[str]  # the shards' names the samples were drawn from
+    problems: list[str]
 
 
 def load_corpus(folder: str) -> CorpusData:
@@ -138,7 +224,19 @@ def load_corpus(folder: str) -> CorpusData:
     return CorpusData(folder=folder, stats=stats, query_counts=_load_query_counts(folder),
                       samples=samples, failure_counts=failure_counts,
                       rejected_languages=rejected_languages,
-                      curated_languages=curated_languages)
+                      curated_languages=curated_languages,
+                      removed_examples=_loaded(_load_removed_examples, "removed examples",
+                                               folder),
+                      gallery=_loaded(_load_gallery, "gallery", folder))
+
+
+def _loaded(load, what: str, folder: str):
+    """`load(folder)`, or Unavailable when a file it reads holds a field of an unexpected type
+    (as `guarded` does for sections: one odd file costs one section)."""
+    try:
+        return load(folder)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+        return Unavailable(f"{what}: unexpected input format: {type(err).__name__}: {err}")
 
 
 def _load_query_counts(folder: str) -> pa.Table | Unavailable:
@@ -215,6 +313,245 @@ def _load_failures(folder: str) -> tuple[dict | Unavailable, dict | Unavailable]
     rejected_or_none = ({language: dict(reasons) for language, reasons in rejected.items()}
                         if rejected else Unavailable("no failure records of the language stage"))
     return dict(counts), rejected_or_none
+
+
+@dataclasses.dataclass(frozen=True)
+class TarRead:
+    path: str
+    members: dict[str, bytes]  # member name -> its bytes
+    skipped: dict[str, str]  # member name -> why it was not read
+    error: str | None = None  # why the tar could not be read (to its end)
+
+    def member(self, name: str) -> bytes | Unavailable:
+        if name in self.members:
+            return self.members[name]
+        return Unavailable(self.skipped.get(name) or self.error or f"{self.path} has no {name}")
+
+    @property
+    def problems(self) -> list[str]:
+        return list(self.skipped.values()) + ([self.error] if self.error else [])
+
+
+def _read_tar(path: str, wanted: set[str] | None = None) -> TarRead:
+    """The tar's regular files (only those named in `wanted`, when given), read into memory.
+
+    The tar is read as a stream, so nothing is extracted to disk, a shard is not held whole,
+    and reading stops once every wanted member is found. A member over MAX_TAR_MEMBER_BYTES is
+    skipped; a broken tar keeps the members read before the break."""
+    if not _exists(path):
+        return TarRead(path, {}, {}, f"{path} does not exist")
+    if wanted is not None and not wanted:
+        return TarRead(path, {}, {})
+    members, skipped, error = {}, {}, None
+    remaining = set(wanted) if wanted is not None else None
+    try:
+        with storage.open_read(path) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile() or (remaining is not None and member.name not in remaining):
+                    continue
+                if member.size > MAX_TAR_MEMBER_BYTES:
+                    skipped[member.name] = (f"{member.name} in {path} skipped ({member.size:,} "
+                                            f"bytes, over the {MAX_TAR_MEMBER_BYTES:,}-byte limit)")
+                else:
+                    members[member.name] = tar.extractfile(member).read()
+                if remaining is not None:
+                    remaining.discard(member.name)
+                    if not remaining:
+                        break
+    except (tarfile.TarError, OSError, EOFError) as err:
+        error = f"could not read {path} ({err})"
+    return TarRead(path, members, skipped, error)
+
+
+def thumbnail_uri(data: bytes) -> str | Unavailable:
+    """The image downscaled to THUMBNAIL_PIXELS and re-encoded as JPEG, as a data: URI."""
+    from PIL import Image  # imported here for the same reason as matplotlib
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.width * image.height > MAX_SOURCE_PIXELS:
+                return Unavailable(f"{image.width}×{image.height} pixels, too many to decode")
+            # A JPEG is then decoded at a reduced scale, which is faster and smaller.
+            image.draft("RGB", (THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
+            small = image.convert("RGB")
+        small.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
+        buffer = io.BytesIO()
+        small.save(buffer, format="JPEG", quality=THUMBNAIL_QUALITY)
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
+        return Unavailable(f"not a readable image ({err})")
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _picture(image: bytes | Unavailable, key: str, caption: str, url: str) -> Picture:
+    thumbnail = image if isinstance(image, Unavailable) else thumbnail_uri(image)
+    return Picture(key=key, caption=caption, url=url, thumbnail=thumbnail)
+
+
+def _shard_parquets(folder: str) -> list[tuple[int, str]]:
+    """(shard index, parquet path) of every shard, in name order."""
+    matches = [(SHARD_PARQUET.search(path), path)
+               for path in _parquet_files(storage.join(folder, SHARDS_FOLDER, "*.parquet"))]
+    return [(int(match[1]), path) for match, path in matches if match]
+
+
+def _removed_record(text: bytes) -> RemovedRecord | None:
+    """A failure record of a removed near or evaluation duplicate, or None when it is not one."""
+    record = json.loads(text.decode("utf-8"))
+    reason = record.get("reason")
+    pattern = {"near_duplicate": NEAR_DETAIL, "eval_duplicate": EVAL_DETAIL}.get(reason)
+    match = pattern.fullmatch(str(record.get("detail") or "")) if pattern else None
+    if match is None or not record.get("key"):
+        return None
+    return RemovedRecord(key=str(record["key"]), url=str(record.get("url") or ""),
+                         caption=str(record.get("caption") or ""), reason=reason,
+                         distance=int(match[1]), other=match[2])
+
+
+def _removed_records(tar: TarRead) -> tuple[list[tuple[RemovedRecord, bytes | Unavailable]],
+                                            list[str]]:
+    """The records of one removed-example file, each with its image (or why there is none)."""
+    found, problems = [], []
+    for name in sorted(tar.members):
+        if not name.endswith(".json"):
+            continue
+        try:
+            record = _removed_record(tar.members[name])
+        except (ValueError, AttributeError) as err:  # not JSON, or not a JSON object
+            problems.append(f"{name} in {tar.path} is not a failure record ({err})")
+            continue
+        if record is None:
+            problems.append(f"{name} in {tar.path} is not a near or evaluation duplicate's "
+                            "record")
+            continue
+        found.append((record, tar.member(name.removesuffix(".json") + ".jpg")))
+    return found, problems
+
+
+def _removed_picture(record: RemovedRecord, image: bytes | Unavailable) -> Picture:
+    return _picture(image, record.key, record.caption, record.url)
+
+
+def _record_key(item: tuple[RemovedRecord, object]) -> str:
+    """Examples are shown by key: the same removed files show the same examples."""
+    return item[0].key
+
+
+def _load_removed_examples(folder: str) -> RemovedExamples | Unavailable:
+    """A few near-duplicate groups (the kept image and those it removed) and evaluation copies,
+    from the shards' removed-example files, read in name order until there are enough."""
+    pattern = storage.join(folder, FAILURES_FOLDER, f"{SHARD_FAILURES_PREFIX}-*{REMOVED_SUFFIX}")
+    paths = storage.glob(pattern)
+    if not paths:
+        return Unavailable(f"no removed-example files ({pattern}); corpora built before they "
+                           "were written have none")
+    near = collections.defaultdict(list)  # kept key -> [(record, image)]
+    copies, problems, read = [], [], 0
+    for path in paths[:MAX_REMOVED_FILES_READ]:
+        if len(near) >= MAX_NEAR_GROUPS and len(copies) >= MAX_EVAL_COPIES:
+            break
+        tar = _read_tar(path)
+        read += 1
+        found, bad = _removed_records(tar)
+        problems += tar.problems + bad
+        for record, image in found:
+            if record.reason == "near_duplicate":
+                near[record.other].append((record, image))
+            else:
+                copies.append((record, image))
+    if not near and not copies and problems:
+        return Unavailable("; ".join(_listed(problems)))
+    kept_keys = sorted(near)[:MAX_NEAR_GROUPS]
+    kept, kept_problems = _kept_pictures(folder, kept_keys)
+    groups = [NearGroup(kept[key], [(_removed_picture(record, image), record.distance)
+                                    for record, image in sorted(near[key], key=_record_key)
+                                    [:MAX_REMOVED_PER_GROUP]])
+              for key in kept_keys]
+    eval_copies = [EvalCopy(_removed_picture(record, image), record.distance, record.other)
+                   for record, image in sorted(copies, key=_record_key)[:MAX_EVAL_COPIES]]
+    return RemovedExamples(groups, eval_copies, read, len(paths), problems + kept_problems)
+
+
+def _kept_pictures(folder: str, keys: list[str]) -> tuple[dict[str, Picture], list[str]]:
+    """The kept images of `keys`: their shard found from the shards' parquet key columns, the
+    image read from that shard's tar (only the tars of shards that hold one)."""
+    found, searched, problems = _find_in_shards(folder, set(keys))
+    by_shard = collections.defaultdict(list)
+    for key in keys:
+        if key in found:
+            by_shard[found[key][0]].append(key)
+    pictures = {}
+    for index, shard_keys in sorted(by_shard.items()):
+        tar = _read_tar(shard_paths(folder, index)["tar"], {f"{key}.jpg" for key in shard_keys})
+        for key in shard_keys:
+            _, caption, url = found[key]
+            pictures[key] = _picture(tar.member(f"{key}.jpg"), key, caption, url)
+    for key in keys:
+        if key not in pictures:
+            pictures[key] = Picture(key=key, caption="", url="", thumbnail=Unavailable(
+                f"not found in the key column of {searched} shard parquet file(s)"))
+    return pictures, problems
+
+
+def _find_in_shards(folder: str, keys: set[str]) -> tuple[dict[str, tuple[int, str, str]], int,
+                                                          list[str]]:
+    """{key: (shard index, caption, url)} for the `keys` written, searched in shard order; and
+    how many shard parquet files were searched."""
+    found, problems, searched = {}, [], 0
+    for index, path in _shard_parquets(folder)[:MAX_SHARDS_SEARCHED]:
+        if len(found) == len(keys):
+            break
+        searched += 1
+        try:
+            table = _read_parquet(path, ("key", "caption", "url"))
+        except (OSError, ValueError) as err:
+            problems.append(f"could not read {path} ({err})")
+            continue
+        for row in table.to_pylist():
+            if row.get("key") in keys:
+                found[row["key"]] = (index, str(row.get("caption") or ""),
+                                     str(row.get("url") or ""))
+    return found, searched, problems
+
+
+def _load_gallery(folder: str) -> Gallery | Unavailable:
+    """GALLERY_SAMPLES written samples drawn with a fixed seed from GALLERY_SHARDS shards (the
+    same corpus gives the same gallery), with their thumbnails from those shards' tars."""
+    shards = _shard_parquets(folder)
+    if not shards:
+        return Unavailable(f"no shard parquet files in {storage.join(folder, SHARDS_FOLDER)}")
+    chooser = random.Random(GALLERY_SEED)
+    drawn = sorted(chooser.sample(shards, min(GALLERY_SHARDS, len(shards))))
+    rows, problems = [], []
+    for index, path in drawn:
+        try:
+            table = _read_parquet(path, ("key", "caption", "url", "queries"))
+        except (OSError, ValueError) as err:
+            problems.append(f"could not read {path} ({err})")
+            continue
+        rows += [(index, row) for row in table.to_pylist() if row.get("key")]
+    if not rows:
+        return Unavailable("; ".join(problems) or "the drawn shards hold no samples")
+    picked = [rows[i] for i in sorted(chooser.sample(range(len(rows)),
+                                                     min(GALLERY_SAMPLES, len(rows))))]
+    samples = []
+    for index in sorted({index for index, _ in picked}):
+        shard_rows = [row for shard, row in picked if shard == index]
+        tar = _read_tar(shard_paths(folder, index)["tar"],
+                        {f"{row['key']}.jpg" for row in shard_rows})
+        for row in shard_rows:
+            key = str(row["key"])
+            picture = _picture(tar.member(f"{key}.jpg"), key, str(row.get("caption") or ""),
+                               str(row.get("url") or ""))
+            samples.append(GallerySample(picture, [str(q) for q in row.get("queries") or []]))
+    return Gallery(samples, [shard_name(index) for index, _ in drawn], problems)
+
+
+def _listed(problems: list[str]) -> list[str]:
+    """The first MAX_PROBLEMS_LISTED problems, and how many more there are."""
+    listed = problems[:MAX_PROBLEMS_LISTED]
+    if len(problems) > MAX_PROBLEMS_LISTED:
+        listed.append(f"{len(problems) - MAX_PROBLEMS_LISTED} more")
+    return listed
 
 
 def load_metrics(run: str) -> list[dict] | Unavailable:
@@ -668,31 +1005,170 @@ def _log_bins(low: float, high: float, count: int) -> list[float]:
     return [10 ** (math.log10(low) + i * step) for i in range(count + 1)]
 
 
+# What each kind of `summary.DUPLICATE_KINDS` (its key in stats.json's duplicates_removed,
+# and the stage and reason that count it in a stats.json written before that key) means.
+DUPLICATE_MEANINGS = {
+    "url": "repeated URL",
+    "identical_image": "identical image bytes",
+    "near_duplicate": "near-duplicate image",
+    "eval_duplicate": "copy of an evaluation image",
+}
+DUPLICATE_KINDS = tuple((kind, DUPLICATE_MEANINGS[kind], stage, reason)
+                        for kind, stage, reason in SUMMARY_DUPLICATE_KINDS)
+
+
+def _duplicate_counts(stats: dict) -> tuple[dict[str, int], bool] | Unavailable:
+    """Duplicates removed by kind, and whether they come from duplicates_removed (True) or,
+    for an older stats.json, from the dedup stages' drop counts (False)."""
+    recorded = stats.get("duplicates_removed")
+    if isinstance(recorded, dict):
+        return {kind: int(recorded.get(kind) or 0) for kind, *_ in DUPLICATE_KINDS}, True
+    dropped = {entry["stage"]: entry.get("dropped", {}) for entry in stats.get("stages", [])}
+    if not any(stage in dropped for _, _, stage, _ in DUPLICATE_KINDS):
+        return Unavailable("stats.json has neither duplicates_removed nor a dedup stage")
+    return {kind: int(dropped.get(stage, {}).get(reason, 0))
+            for kind, _, stage, reason in DUPLICATE_KINDS}, False
+
+
+def _duplicate_counts_table(stats: dict, counts: dict[str, int]) -> str:
+    stage_input = {entry["stage"]: entry["in"] for entry in stats.get("stages", [])}
+    rows = []
+    for kind, meaning, stage, reason in DUPLICATE_KINDS:
+        whole = stage_input.get(stage)
+        rows.append([meaning, stage, reason, counts[kind], whole,
+                     _pct(counts[kind], whole) if whole is not None else "–"])
+    return _table(["removed as", "stage", "reason", "removed", "stage input", "share"], rows,
+                  numeric_from=3)
+
+
+def _evaluation_set_note(stats: dict, counts: dict[str, int]) -> str:
+    excluded = (stats.get("config") or {}).get("excluded_images")
+    if not isinstance(excluded, dict):
+        return _paragraph("No evaluation set was excluded (stats.json has no "
+                          "config.excluded_images).")
+    text = (f"Evaluation set: {_fmt(excluded.get('hashed'))} images hashed, "
+            f"{_fmt(excluded.get('unreadable'))} unreadable; {_fmt(counts['eval_duplicate'])} "
+            "copies of them removed from the corpus.")
+    examples = [f"{e[0]} ({e[1]})" if isinstance(e, (list, tuple)) and len(e) == 2 else str(e)
+                for e in (excluded.get("unreadable_examples") or [])[:MAX_PROBLEMS_LISTED]]
+    if examples:
+        text += " Unreadable: " + "; ".join(examples) + "."
+    return _paragraph(text)
+
+
+def _near_distance_note(stats: dict) -> str:
+    distance = ((stats.get("config") or {}).get("dedup") or {}).get("near_distance")
+    if not isinstance(distance, int):
+        return ""
+    return _paragraph(f"Near-duplicate threshold: perceptual hashes at most {distance} bits "
+                      "apart (Hamming distance) count as one image.")
+
+
+def _thumbnail(picture: Picture, lines: list[str]) -> str:
+    """A thumbnail with its key, caption and `lines` beneath; every text is escaped here, as
+    keys, captions, URLs and details come from the web."""
+    caption = picture.caption[:MAX_CAPTION_SHOWN] + (
+        "…" if len(picture.caption) > MAX_CAPTION_SHOWN else "")
+    if isinstance(picture.thumbnail, Unavailable):
+        image = _not_available("Image", picture.thumbnail.reason)
+    else:
+        image = (f'<img src="{picture.thumbnail}" alt="{html.escape(caption)}" '
+                 f'title="{html.escape(picture.url)}">')
+    text = "".join(f"<br>{html.escape(line)}" for line in lines)
+    return (f'<figure class="thumb">{image}<figcaption><code>{html.escape(picture.key)}</code>'
+            f"<br>{html.escape(caption) or '<i>no caption</i>'}{text}</figcaption></figure>")
+
+
+def _near_groups_html(groups: list[NearGroup]) -> str:
+    parts = []
+    for group in groups:
+        kept = _thumbnail(group.kept, ["kept"])
+        removed = "".join(_thumbnail(picture, [f"removed: Hamming distance {distance}"])
+                          for picture, distance in group.removed)
+        parts.append(f'<div class="thumbs group">{kept}{removed}</div>')
+    return "".join(parts)
+
+
+def _eval_copies_html(copies: list[EvalCopy]) -> str:
+    if not copies:
+        return ""
+    return '<div class="thumbs">' + "".join(
+        _thumbnail(copy.picture, [f"removed: Hamming distance {copy.distance} from "
+                                  f"evaluation image {copy.source}"])
+        for copy in copies) + "</div>"
+
+
+def _examples_html(what: str, shown: str, removed: int, examples: RemovedExamples) -> str:
+    """The examples of one kind, a note that there were none to remove, or why none show."""
+    if shown:
+        return shown
+    if not removed:
+        return _paragraph(f"No {what} were removed.")
+    return _not_available(what.capitalize(), f"none in the first {examples.files_read} of "
+                          f"{examples.files_total} removed-example files")
+
+
+def _removed_examples_html(examples: RemovedExamples | Unavailable,
+                           counts: dict[str, int]) -> str:
+    if isinstance(examples, Unavailable):
+        if not counts["near_duplicate"] and not counts["eval_duplicate"]:
+            return _paragraph("No near-duplicates or evaluation copies were removed, so there "
+                              "are no examples to show.")
+        return "<h4>Examples</h4>" + _not_available("Duplicate examples", examples.reason)
+    body = _paragraph(
+        "Chosen by key from the first "
+        f"{examples.files_read} of {examples.files_total} removed-example files "
+        f"({FAILURES_FOLDER}/{SHARD_FAILURES_PREFIX}-NNNNNN{REMOVED_SUFFIX}, which hold the "
+        "first few of each shard); the distance is between perceptual hashes.")
+    body += ("<h4>Near-duplicates: the kept image and those it removed</h4>"
+             + _examples_html("near-duplicate examples", _near_groups_html(examples.groups),
+                              counts["near_duplicate"], examples))
+    body += ("<h4>Copies of evaluation images</h4>"
+             + _examples_html("evaluation copies", _eval_copies_html(examples.eval_copies),
+                              counts["eval_duplicate"], examples))
+    if examples.problems:
+        body += _not_available("Some examples", "; ".join(_listed(examples.problems)))
+    return body
+
+
 def duplicates_section(data: CorpusData) -> str:
     title = "Duplicates removed"
     stats = data.stats
     if isinstance(stats, Unavailable):
         return _section("duplicates", title, _not_available("Duplicates", stats.reason))
-    rows = []
-    for stage in stats.get("stages", []):
-        is_dedup = stage["stage"].startswith("dedup")
-        dropped = stage.get("dropped", {})
-        for reason, n in sorted(dropped.items()):
-            # The dedup stages, plus any duplicate reason another stage may report
-            # (e.g. a near-duplicate or evaluation-set filter).
-            if is_dedup or "duplicate" in reason:
-                rows.append([stage["stage"], reason, n, stage["in"], _pct(n, stage["in"])])
-        if is_dedup and not dropped:
-            rows.append([stage["stage"], "–", 0, stage["in"], _pct(0, stage["in"])])
-    if not rows:
-        return _section("duplicates", title,
-                        _not_available("Duplicates", "stats.json has no dedup stage"))
+    counts = _duplicate_counts(stats)
+    if isinstance(counts, Unavailable):
+        return _section("duplicates", title, _not_available("Duplicates", counts.reason))
+    counts, recorded = counts
+    source = (_paragraph("Counts from stats.json's duplicates_removed.") if recorded else
+              _paragraph("This stats.json predates duplicates_removed: the counts come from "
+                         "the dedup stages' drops."))
     explanations = _paragraph(
         "dedup_url: the same canonical URL listed again (the smallest key is kept); "
-        "dedup_image: identical downloaded bytes (sha256) or, where run, near-identical "
-        "images (pHash); the smallest key is kept.")
-    table = _table(["stage", "reason", "dropped", "stage input", "share"], rows, numeric_from=2)
-    return _section("duplicates", title, table + explanations)
+        "dedup_image: identical downloaded bytes (sha256), near-identical images (perceptual "
+        "hash within the threshold), and copies of evaluation images (--exclude-images); "
+        "among duplicates the smallest key is kept.")
+    body = (_duplicate_counts_table(stats, counts) + source + explanations
+            + _near_distance_note(stats) + _evaluation_set_note(stats, counts)
+            + _removed_examples_html(data.removed_examples, counts))
+    return _section("duplicates", title, body)
+
+
+def gallery_section(data: CorpusData) -> str:
+    title = "Sample gallery"
+    gallery = data.gallery
+    if isinstance(gallery, Unavailable):
+        return _section("gallery", title, _not_available("Sample gallery", gallery.reason))
+    intro = _paragraph(
+        f"{len(gallery.samples)} written samples drawn with seed {GALLERY_SEED} from shard(s) "
+        f"{', '.join(gallery.shards)}: the same corpus shows the same samples.")
+    thumbnails = "".join(
+        _thumbnail(sample.picture, ["queries: " + (", ".join(sample.queries) or "–")])
+        for sample in gallery.samples)
+    body = intro + f'<div class="thumbs">{thumbnails}</div>'
+    if gallery.problems:
+        body += _not_available("Some images", "; ".join(_listed(gallery.problems)))
+    return _section("gallery", title, body)
 
 
 def guarded(section, title: str, *inputs) -> str:
@@ -710,7 +1186,7 @@ def corpus_section(data: CorpusData) -> str:
     sections = [(headline_section, "Headline numbers"), (stages_section, "Stage counts"),
                 (query_counts_section, "Per-query counts"), (failures_section, "Failures"),
                 (languages_section, "Language mix"), (image_sizes_section, "Image sizes"),
-                (duplicates_section, "Duplicates")]
+                (duplicates_section, "Duplicates"), (gallery_section, "Sample gallery")]
     parts = [guarded(section, title, data) for section, title in sections]
     intro = f'<p class="path">{html.escape(data.folder)}</p>'
     return _section("corpus", "Corpus", intro + "".join(parts), level=2)
@@ -1098,6 +1574,10 @@ img { max-width: 100%; height: auto; }
 .na { color: #8a6d3b; background: #fcf8e3; padding: 0.4em 0.7em; border-radius: 4px; }
 .warn { color: #a94442; background: #f2dede; padding: 0.4em 0.7em; border-radius: 4px; }
 .path { color: #666; font-family: monospace; }
+.thumbs { display: flex; flex-wrap: wrap; gap: 0.6em; margin: 0.6em 0; align-items: flex-start; }
+.thumbs.group { border: 1px solid #ddd; border-radius: 6px; padding: 0.5em; }
+figure.thumb { width: 140px; margin: 0; font-size: 0.75em; overflow-wrap: anywhere; }
+figure.thumb img { display: block; max-width: 128px; max-height: 128px; }
 """
 
 

@@ -17,6 +17,7 @@ from openwit.pipeline.core.flags import (
     add_seed_flag,
     parse_flag,
 )
+from openwit.pipeline.images.image_hash import HASH_KINDS, ImageHasher
 
 # img2dataset's default opt-out directives; "noai"/"noimageai" are the ones that matter for
 # training, "noindex"/"noimageindex" are honoured because a crawler that indexes must too.
@@ -55,9 +56,7 @@ class DownloadConfig:
     hash_size: int = 16  # a hash of hash_size x hash_size bits
 
     @property
-    def hasher(self):
-        from openwit.pipeline.images.image_hash import ImageHasher
-
+    def hasher(self) -> ImageHasher:
         return ImageHasher(self.hash_kind, self.hash_size)
 
 
@@ -191,7 +190,7 @@ def add_download_stage_flags(parser: argparse.ArgumentParser) -> None:
 
 def add_hash_flags(group) -> None:
     d = DownloadConfig()
-    add_flag(group, "--hash-kind", default=d.hash_kind, choices=("phash", "dhash", "ahash", "whash"),
+    add_flag(group, "--hash-kind", default=d.hash_kind, choices=HASH_KINDS,
              help="imagehash's perceptual hash of every image (near-duplicates compare these)")
     add_flag(group, "--hash-size", type=int, default=d.hash_size,
              help="hashes of SIZE x SIZE bits")

@@ -17,6 +17,7 @@ import tarfile
 
 from openwit.pipeline.core.errors import ConfigError
 from openwit.pipeline.core.layout import HASH_LIST_FORMAT
+from openwit.pipeline.images.config import add_hash_flags
 from openwit.pipeline.images.image_hash import ImageHasher, is_hash
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
@@ -155,8 +156,6 @@ def read_hash_list(path: str) -> HashList:
 
 
 def add_hashes_flags(parser) -> None:
-    from openwit.pipeline.images.config import add_hash_flags
-
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="image folders, image files, WebDataset .tar shards")
     parser.add_argument("--output", required=True, help="the hash list to write (.json)")
