@@ -110,6 +110,23 @@ MISTAKES = [
     (WEB + ["--hosts", "0"], "--hosts must be in [1, 254]"),
     (WEB + ["--sampels", "3"], "unknown option(s): --sampels"),
 
+    (BUILD + ["--near-duplicate-distance", "-1"], "--near-duplicate-distance must be in [0, 128)"),
+    (BUILD + ["--hash-size", "64"], "the hash size must be in [4, 32]"),
+    (BUILD + ["--hash-kind", "md5"], "argument --hash-kind: invalid choice: 'md5'"),
+    (BUILD + ["--exclude-images", "{tmp}/nowhere"],
+     "--exclude-images: '{tmp}/nowhere' is neither a file nor a folder"),
+    (DOWNLOAD + ["--hot-bucket", "1"], "--hot-bucket must be at least 2"),
+
+    (["hashes", "{tmp}/nowhere", "--output", "{tmp}/h.json"],
+     "'{tmp}/nowhere' is neither a file nor a folder"),
+    (["hashes", "{tmp}/empty", "--output", "{tmp}/h.json", "--hash-size", "3"],
+     "the hash size must be in [4, 32]"),
+    (["hashes", "{tmp}/c.csv", "--output", "{tmp}/h.json"],
+     "is not an image, a .tar shard or a hash list"),
+    (["hashes", "{tmp}/empty"], "the following arguments are required: --output"),
+    (["hashes", "{tmp}/empty", "--output", "{tmp}/h.json", "--hash-sise", "8"],
+     "unknown option(s): --hash-sise"),
+
     (["report", "{tmp}/nowhere"], "corpus folder '{tmp}/nowhere' does not exist"),
     (REPORT + ["--run", "{tmp}/no-run"], "--run '{tmp}/no-run' does not exist"),
     (REPORT + ["--rnu", "{tmp}"], "unknown option(s): --rnu"),
@@ -137,8 +154,8 @@ def test_every_command_has_its_mistakes_tested():
     assert tested == {command.name for command in COMMANDS}
 
 
-@pytest.mark.parametrize("command", ["curate", "download", "build", "queries", "train", "eval",
-                                     "demo", "web", "report"])
+@pytest.mark.parametrize("command", ["curate", "download", "build", "hashes", "queries", "train",
+                                     "eval", "demo", "web", "report"])
 def test_help_lists_the_commands_own_flags(capsys, command):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
@@ -146,7 +163,9 @@ def test_help_lists_the_commands_own_flags(capsys, command):
     out = capsys.readouterr().out
     own = {"curate": ["--candidates", "--languages", "--oversample"],
            "download": ["--curated", "--download-threads", "--image-size"],
-           "build": ["--candidates", "--languages", "--download-threads"],
+           "build": ["--candidates", "--languages", "--download-threads", "--exclude-images",
+                     "--near-duplicate-distance"],
+           "hashes": ["--output", "--hash-kind", "--hash-size"],
            "queries": ["--wikipedia-dump", "--min-bigram-pmi"],
            "train": ["--shards", "--batch-size"], "eval": ["--checkpoint", "--templates"],
            "demo": ["--quick", "--ablation"], "web": ["--no-serve"], "report": ["--run"]}

@@ -242,7 +242,7 @@ def run_hashes(args, beam_args) -> int:
     from openwit.pipeline.images.eval_set import run_hashes as hashes
 
     if beam_args:
-        raise ConfigError(f"unknown flags: {' '.join(beam_args)}")
+        raise ConfigError(f"unknown option(s): {' '.join(beam_args)}")
     return hashes(args)
 
 

@@ -103,7 +103,7 @@ def hash_paths(paths, hasher: ImageHasher) -> HashList:
         elif os.path.isfile(path):
             _add_path(hashes, hasher, path, walked=False)
         else:
-            raise ConfigError(f"--exclude-images: {path!r} is neither a file nor a folder")
+            raise ConfigError(f"{path!r} is neither a file nor a folder")
     return hashes
 
 
@@ -116,8 +116,7 @@ def _add_path(hashes: HashList, hasher: ImageHasher, path: str, walked: bool) ->
     elif _is_image_name(path):
         _add_file(hashes, hasher, path)
     elif not walked:
-        raise ConfigError(f"--exclude-images: {path!r} is not an image, a .tar shard or a "
-                          "hash list (.json)")
+        raise ConfigError(f"{path!r} is not an image, a .tar shard or a hash list (.json)")
 
 
 def write_hash_list(path: str, hashes: HashList) -> None:

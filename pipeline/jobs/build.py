@@ -19,7 +19,7 @@ from openwit.pipeline.core.beam import with_local_runner
 from openwit.pipeline.core.flags import add_output_flag
 from openwit.pipeline.images.config import ImageHalfConfig, add_download_stage_flags, image_half_config
 from openwit.pipeline.jobs.curate import check_inputs, clear_text_outputs, clear_work_folder, finish_stats
-from openwit.pipeline.jobs.image_half import ImageHalf
+from openwit.pipeline.jobs.image_half import ImageHalf, excluded_images
 from openwit.pipeline.jobs.text_half import CurateCandidates, write_failures
 from openwit.pipeline.shards.plan import read_completed_shards
 from openwit.pipeline.text.config import CurateConfig, add_input_flags, add_text_flags, curate_config
@@ -58,10 +58,12 @@ def build_config(args: argparse.Namespace) -> BuildConfig:
 class BuildCorpus(beam.PTransform):
     """The whole build: the text half, then the image half, in one pipeline."""
 
-    def __init__(self, config: BuildConfig, completed_shards: dict[int, dict] | None = None):
+    def __init__(self, config: BuildConfig, completed_shards: dict[int, dict] | None = None,
+                 excluded=None):
         super().__init__()
         self._config = config
         self._completed = completed_shards or {}
+        self._excluded = excluded
 
     def expand(self, pbegin):
         config = self._config
@@ -71,7 +73,8 @@ class BuildCorpus(beam.PTransform):
             "curated": unbatch(curated.curated, "Curated candidates"),
             "text_entries": curated.stage_entries,
             "query_rows": curated.query_rows,
-        } | "Image half" >> ImageHalf(config.images, build_run_config(config), self._completed)
+        } | "Image half" >> ImageHalf(config.images, build_run_config(config), self._completed,
+                                           self._excluded)
 
 
 def build_run_config(config: BuildConfig) -> dict:
@@ -94,11 +97,12 @@ def build(config: BuildConfig, options: PipelineOptions) -> dict:
     FileSystems.set_options(options)
     config.validate()
     check_inputs(config.curate)
+    excluded = excluded_images(config.images)
     output = config.images.shards.output
     completed = prepare_output(output)
     started = time.monotonic()
     with beam.Pipeline(options=with_local_runner(options)) as pipeline:
-        pipeline | "Build corpus" >> BuildCorpus(config, completed)
+        pipeline | "Build corpus" >> BuildCorpus(config, completed, excluded)
     clear_work_folder(output)
     balance = dataclasses.asdict(config.curate.balance)
     return finish_stats(output, started, {"balance": {**balance, "target": config.curate.balance.target}})

@@ -21,7 +21,7 @@ from openwit.pipeline.core.layout import CURATED_FOLDER
 from openwit.pipeline.core.records import Stage
 from openwit.pipeline.images.config import ImageHalfConfig, image_half_config
 from openwit.pipeline.jobs.curate import finish_stats
-from openwit.pipeline.jobs.image_half import ImageHalf
+from openwit.pipeline.jobs.image_half import ImageHalf, excluded_images
 from openwit.pipeline.shards.plan import read_completed_shards
 
 
@@ -47,6 +47,7 @@ def download(config: ImageHalfConfig, curated: str, options: PipelineOptions) ->
     parts = storage.glob(storage.join(curated, CURATED_FOLDER, "*.parquet"))
     if not parts:
         raise ConfigError(f"--curated {curated!r} holds no {CURATED_FOLDER}/*.parquet")
+    excluded = excluded_images(config)
     output = config.shards.output
     completed = read_completed_shards(output)
     started = time.monotonic()
@@ -59,7 +60,7 @@ def download(config: ImageHalfConfig, curated: str, options: PipelineOptions) ->
             "text_entries": pipeline | "Curate stages" >> beam.Create(
                 [{"stages": entries, "problems": []}]),
             "query_rows": pipeline | "Curated query counts" >> beam.Create(query_rows),
-        } | "Image half" >> ImageHalf(config, run_config, completed)
+        } | "Image half" >> ImageHalf(config, run_config, completed, excluded)
     return finish_stats(output, started, {"balance": balance})
 
 

@@ -16,7 +16,8 @@ import apache_beam as beam
 from openwit.pipeline.images.cap import ExactCap
 from openwit.pipeline.images.config import ImageHalfConfig
 from openwit.pipeline.images.download import DownloadImages
-from openwit.pipeline.images.eval_set import hash_paths
+from openwit.pipeline.core.errors import ConfigError
+from openwit.pipeline.images.eval_set import HashList, hash_paths
 from openwit.pipeline.images.image_dedup import FindImageDuplicates
 from openwit.pipeline.images.image_hash import is_hash
 from openwit.pipeline.images.near_dedup import FindNearDuplicates
@@ -55,6 +56,17 @@ class _Without(beam.PTransform):
         )
 
 
+def excluded_images(config: ImageHalfConfig) -> HashList | None:
+    """The hashes of `--exclude-images`, made on the launcher before the pipeline starts (a
+    bad path is the user's one-line error, not a failed pipeline)."""
+    if not config.dedup.exclude_images:
+        return None
+    try:
+        return hash_paths(config.dedup.exclude_images, config.download.hasher)
+    except ConfigError as err:
+        raise ConfigError(f"--exclude-images: {err}") from None
+
+
 class ImageHalf(beam.PTransform):
     """{curated, text_entries, query_rows} -> the corpus stats (a singleton).
 
@@ -64,19 +76,19 @@ class ImageHalf(beam.PTransform):
     """
 
     def __init__(self, config: ImageHalfConfig, run_config: dict,
-                 completed_shards: dict[int, dict] | None = None):
+                 completed_shards: dict[int, dict] | None = None,
+                 excluded: HashList | None = None):
         super().__init__()
         self._config = config
         self._run_config = run_config
         self._completed = completed_shards or {}
+        self._excluded = excluded
 
     def _eval_hashes(self, pipeline):
-        """The evaluation set's (hash, source) pairs, hashed here on the launcher, and what
-        the summary says of them."""
-        paths = self._config.dedup.exclude_images
-        if not paths:
+        """The evaluation set's (hash, source) pairs, and what the summary says of them."""
+        hashes = self._excluded
+        if hashes is None:
             return None, {}
-        hashes = hash_paths(paths, self._config.download.hasher)
         said = {"excluded_images": {"hashed": len(hashes.hashes),
                                     "unreadable": len(hashes.unreadable),
                                     "unreadable_examples": hashes.unreadable[:20]}}
