@@ -139,7 +139,8 @@ def assert_losers(expected, new, written=(), eval_hashes=None, distance=4, hot_b
         eval_pc = (pipeline | "Eval" >> beam.Create(eval_hashes)
                    if eval_hashes is not None else None)
         removed = (pipeline | beam.Create(list(new))
-                   | FindNearDuplicates(DedupConfig(near_distance=distance, hot_bucket=hot_bucket),
+                   | FindNearDuplicates(DedupConfig(near_distance=distance, eval_distance=distance,
+                                                  hot_bucket=hot_bucket),
                                         BITS, written=written_pc, eval_hashes=eval_pc)
                    | beam.Map(lambda kv: (kv[1]["key"], (kv[0], kv[1]["reason"], kv[1]["detail"]))))
         assert_that(removed, equal_to(sorted(expected.items())))
@@ -210,6 +211,17 @@ def test_copies_of_evaluation_images_are_removed_before_grouping():
     # b is 1 bit from a but 3 from the evaluation image: a is gone, so b survives.
     assert_losers({"a": (0, Reason.EVAL_DUPLICATE, "Hamming distance 2 from evaluation image eval/cat/1.jpg")},
                   new, eval_hashes=[(h(0xF0F0 ^ 0b11), "eval/cat/1.jpg")], distance=2)
+
+
+def test_evaluation_images_have_their_own_wider_distance():
+    new = [("a", 0, h(0b1111)), ("b", 1, h(0xFF00_0000))]
+    with TestPipeline(runner="DirectRunner") as pipeline:
+        removed = (pipeline | beam.Create(new)
+                   | FindNearDuplicates(DedupConfig(near_distance=2, eval_distance=4), BITS,
+                                        eval_hashes=pipeline | "Eval" >> beam.Create(
+                                            [(h(0), "eval/0.jpg")]))
+                   | beam.Map(lambda kv: (kv[1]["key"], kv[1]["reason"])))
+        assert_that(removed, equal_to([("a", Reason.EVAL_DUPLICATE)]))
 
 
 def test_the_eval_index_finds_the_closest_within_the_distance():

@@ -116,6 +116,7 @@ MISTAKES = [
     (BUILD + ["--exclude-images", "{tmp}/nowhere"],
      "--exclude-images: '{tmp}/nowhere' is neither a file nor a folder"),
     (DOWNLOAD + ["--hot-bucket", "1"], "--hot-bucket must be at least 2"),
+    (BUILD + ["--eval-distance", "200"], "--eval-distance must be in [0, 128)"),
 
     (["hashes", "{tmp}/nowhere", "--output", "{tmp}/h.json"],
      "'{tmp}/nowhere' is neither a file nor a folder"),

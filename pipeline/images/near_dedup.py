@@ -300,7 +300,7 @@ class FindNearDuplicates(beam.PTransform):
         removed = []
         if self._eval_hashes is not None:
             checked = nodes | "Against the evaluation set" >> beam.ParDo(
-                _AgainstEvaluationSet(bits, c.near_distance),
+                _AgainstEvaluationSet(bits, c.eval_distance),
                 beam.pvalue.AsList(self._eval_hashes)).with_outputs("eval", main="kept")
             nodes = checked.kept
             removed.append(checked.eval)
