@@ -82,7 +82,7 @@ def test_a_large_photo_is_decoded_reduced_and_stays_close(resizer_module):
     assert (plan.width, plan.height) == (256, 192)
     reduced = resize.decode_reduced(data, plan)
     assert reduced.shape[1] < 1600 and reduced.shape[1] >= 2 * 256  # reduced, with margin
-    pixels = resize.shrink_jpeg(data, plan, "border", 256)
+    pixels = resize.fit(reduced, plan, "border", 256)
     assert pixels.shape == (256, 256, 3)
     assert (pixels[:32] == 255).all() and (pixels[-32:] == 255).all()  # 64 rows of border
     expected = cv2.resize(decoded(data), (256, 192), interpolation=cv2.INTER_AREA)

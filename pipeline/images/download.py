@@ -24,7 +24,6 @@ import hashlib
 import io
 import os
 import re
-import struct
 import threading
 import time
 import warnings
@@ -46,7 +45,7 @@ from openwit.pipeline.core.records import (
 )
 from openwit.pipeline.images.fetch import Fetcher
 from openwit.pipeline.images.hosts import HostGate, host_of
-from openwit.pipeline.images.image_hash import ImageHasher
+from openwit.pipeline.images.image_hash import DECODER_ERRORS, ImageHasher
 from openwit.pipeline.images.resize import (
     border_content,
     decode_reduced,
@@ -59,9 +58,6 @@ JPEG_END = b"\xff\xd9"
 JPEG_TRAILING_SLACK = 4096  # some encoders append padding or vendor data after the end marker
 PNG_END = b"IEND"
 
-# What Pillow raises on hostile bytes varies by format plugin (SyntaxError for a broken PNG
-# chunk, struct.error or EOFError for short headers...); each becomes a "not an image" failure.
-DECODER_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, struct.error)
 
 FINISH_SLACK_SECONDS = 5.0
 WAITING_PER_THREAD = 8  # candidates held for busy or paused hosts, per fetch thread

@@ -18,14 +18,10 @@ import tarfile
 from openwit.pipeline.core.errors import ConfigError
 from openwit.pipeline.core.layout import HASH_LIST_FORMAT
 from openwit.pipeline.images.config import add_hash_flags
-from openwit.pipeline.images.image_hash import ImageHasher, is_hash
+from openwit.pipeline.images.image_hash import DECODER_ERRORS, ImageHasher, is_hash
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
-
-# What Pillow raises on bytes that are not an image varies by format plugin.
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError,
-                  ArithmeticError)
 
 
 @dataclasses.dataclass
@@ -44,7 +40,7 @@ class HashList:
             self.hashes.append((hasher.of_bytes(data), source))
         except Image.DecompressionBombError:
             self.unreadable.append((source, "image_too_large"))
-        except _DECODE_ERRORS as err:
+        except DECODER_ERRORS as err:
             self.unreadable.append((source, f"not_an_image: {type(err).__name__}"))
 
     def extend(self, other: "HashList") -> None:
@@ -138,8 +134,9 @@ def read_hash_list(path: str) -> HashList:
         raise ConfigError(f"{path}: not a hash list of `openwit hashes`")
     hasher = ImageHasher(str(data.get("kind")), data.get("size") if isinstance(
         data.get("size"), int) else 0)
-    if hasher.validate() is not None:
-        raise ConfigError(f"{path}: {hasher.validate()}")
+    problem = hasher.validate()
+    if problem is not None:
+        raise ConfigError(f"{path}: {problem}")
     pairs = data.get("hashes")
     if not isinstance(pairs, list) or not all(
             isinstance(p, list) and len(p) == 2 and is_hash(p[0], hasher.hex_length)
@@ -163,8 +160,9 @@ def add_hashes_flags(parser) -> None:
 
 def run_hashes(args) -> int:
     hasher = ImageHasher(args.hash_kind, args.hash_size)
-    if hasher.validate() is not None:
-        raise ConfigError(f"--hash-kind/--hash-size: {hasher.validate()}")
+    problem = hasher.validate()
+    if problem is not None:
+        raise ConfigError(f"--hash-kind/--hash-size: {problem}")
     hashes = hash_paths(args.paths, hasher)
     write_hash_list(args.output, hashes)
     print(f"{len(hashes.hashes)} images hashed ({hasher.kind}, {hasher.bits} bits), "

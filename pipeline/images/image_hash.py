@@ -16,9 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import struct
 import warnings
 
 import numpy as np
+
+# What Pillow raises on hostile bytes varies by format plugin (SyntaxError for a broken PNG
+# chunk, struct.error or EOFError for short headers...); each means "not an image".
+DECODER_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError,
+                  ArithmeticError, struct.error)
 
 HASH_KINDS = ("phash", "dhash", "ahash", "whash")
 # The grey thumbnail every hash is taken from, in multiples of the hash size (pHash reads a

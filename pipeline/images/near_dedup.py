@@ -232,9 +232,9 @@ class EvalIndex:
     def __init__(self, hashes: list[tuple[str, str]], bits: int, distance: int):
         self._bits, self._distance = bits, distance
         self._buckets: dict[tuple[int, int], list[int]] = {}
-        self._hashes = [value for value, _ in hashes]
+        self._words = to_words([value for value, _ in hashes], bits)
         self._sources = [source for _, source in hashes]
-        for index, value in enumerate(self._hashes):
+        for index, (value, _) in enumerate(hashes):
             for band in bands(value, bits, distance):
                 self._buckets.setdefault(band, []).append(index)
 
@@ -244,8 +244,7 @@ class EvalIndex:
                              for i in self._buckets.get(band, ())})
         if not candidates:
             return None
-        found = distances(to_words([value], self._bits),
-                          to_words([self._hashes[i] for i in candidates], self._bits))[0]
+        found = distances(to_words([value], self._bits), self._words[candidates])[0]
         best = int(np.argmin(found))
         if found[best] > self._distance:
             return None

@@ -3,7 +3,7 @@
 img2dataset's `Resizer` decodes every image at full size and then throws most of the pixels
 away. libjpeg-turbo can do the first part of the reduction inside the decoder: its scaled
 inverse DCT produces the image at M/8 of its size (M = 1..16) for much less work than a full
-decode, and the result is a proper low-pass image, not a decimation. `shrink_jpeg` decodes at
+decode, and the result is a proper low-pass image, not a decimation. `decode_reduced` decodes at
 the smallest such scale whose size is still at least twice the target size (simplejpeg, a
 libjpeg-turbo binding), then resizes with OpenCV's area filter to exactly the size the
 `Resizer` would produce from the full image (its albumentations arithmetic:
@@ -55,12 +55,6 @@ def plan_jpeg(width: int, height: int, grey: bool, image_size: int,
         return None
     new_width, new_height = _scaled(width, height, image_size / reference)
     return ResizePlan(new_width, new_height, grey)
-
-
-def shrink_jpeg(data: bytes, plan: ResizePlan, resize_mode: str, image_size: int):
-    """The JPEG's pixels (BGR or grey, uint8) at the plan's size, bordered or cropped as the
-    resize mode says: decoded at reduced scale, then area-resized."""
-    return fit(decode_reduced(data, plan), plan, resize_mode, image_size)
 
 
 def decode_reduced(data: bytes, plan: ResizePlan):
