@@ -1,10 +1,14 @@
 """The near-duplicate stage: how its cost grows, and a naive all-pairs search beside it.
 
     .venv/bin/python benchmarks/bench_near_dedup.py [--sizes 20000,200000] [--reference 5000]
+        [--views 1]
 
 Hashes are made like a web crawl's: random 256-bit pHash-16 values (the default kind and
 size), a tenth of them copies of another a few bits away (re-encodes), one in fifty a
-placeholder picture shared by many URLs with a bit or two of noise (a hot bucket).
+placeholder picture shared by many URLs with a bit or two of noise (a hot bucket). With
+`--views N` each image has N hashes, as the download stage makes them (the whole picture and
+its crops): each view a few bits from the one before, a copy's views its source's with the
+same few bits changed.
 
 1. `FindNearDuplicates` (the pipeline's stage, Beam's DirectRunner in memory, one process)
    on each size: hashes per second per core, and the time ratio of the largest size to the
@@ -30,25 +34,36 @@ BITS = 256
 DISTANCE = 8
 
 
-def make_hashes(count: int, seed: int = 0) -> list[str]:
+def _views_of(value: int, views: int, rng: random.Random) -> list[int]:
+    out = [value]
+    for _ in range(views - 1):
+        for bit in rng.sample(range(BITS), 6):
+            value ^= 1 << bit
+        out.append(value)
+    return out
+
+
+def make_hashes(count: int, seed: int = 0, views: int = 1) -> list[tuple[str, ...]]:
     rng = random.Random(seed)
-    placeholders = [rng.getrandbits(BITS) for _ in range(5)]
-    values = []
+    placeholders = [_views_of(rng.getrandbits(BITS), views, rng) for _ in range(5)]
+    images = []
     for _ in range(count):
         draw = rng.random()
         if draw < 0.02:
-            value = rng.choice(placeholders) ^ (1 << rng.randrange(BITS)) * rng.randint(0, 1)
-        elif draw < 0.12 and values:
-            value = rng.choice(values)
+            noise = (1 << rng.randrange(BITS)) * rng.randint(0, 1)
+            image = [value ^ noise for value in rng.choice(placeholders)]
+        elif draw < 0.12 and images:
+            noise = 0
             for bit in rng.sample(range(BITS), rng.randint(0, DISTANCE)):
-                value ^= 1 << bit
+                noise ^= 1 << bit
+            image = [value ^ noise for value in rng.choice(images)]
         else:
-            value = rng.getrandbits(BITS)
-        values.append(value)
-    return [f"{value:064x}" for value in values]
+            image = _views_of(rng.getrandbits(BITS), views, rng)
+        images.append(image)
+    return [tuple(f"{value:064x}" for value in image) for image in images]
 
 
-def stage_losers(hashes: list[str]) -> tuple[set[str], float, float]:
+def stage_losers(hashes: list[tuple[str, ...]]) -> tuple[set[str], float, float]:
     """(removed keys, wall seconds, CPU seconds) of FindNearDuplicates on the hashes."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -73,12 +88,14 @@ def stage_losers(hashes: list[str]) -> tuple[set[str], float, float]:
     return removed, wall, cpu
 
 
-def all_pairs_losers(hashes: list[str]) -> tuple[set[str], float]:
-    """The reference: every pair's distance (numpy, blocks), a union-find, smallest key kept."""
+def all_pairs_losers(hashes: list[tuple[str, ...]]) -> tuple[set[str], float]:
+    """The reference: every pair of views' distance (numpy, blocks), a union-find over the
+    images, smallest key kept."""
     from openwit.pipeline.images.image_hash import distances, to_words
 
     started = time.monotonic()
-    words = to_words(hashes, BITS)
+    owner = np.repeat(np.arange(len(hashes)), [len(views) for views in hashes])
+    words = to_words([value for views in hashes for value in views], BITS)
     parent = list(range(len(hashes)))
 
     def find(i):
@@ -87,10 +104,10 @@ def all_pairs_losers(hashes: list[str]) -> tuple[set[str], float]:
             i = parent[i]
         return i
 
-    for start in range(0, len(hashes), 512):
+    for start in range(0, len(words), 512):
         block = distances(words[start:start + 512], words)
         for i, j in zip(*np.nonzero(block <= DISTANCE)):
-            i, j = int(i) + start, int(j)
+            i, j = int(owner[int(i) + start]), int(owner[j])
             if i < j:
                 low, high = sorted((find(i), find(j)))
                 parent[high] = low
@@ -103,31 +120,32 @@ def main() -> int:
     parser.add_argument("--sizes", default="20000,200000")
     parser.add_argument("--reference", type=int, default=5000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--views", type=int, default=1, help="hashes per image")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    print(f"machine: {os.cpu_count()} cores; pHash-16 ({BITS} bits), distance {DISTANCE}; "
-          f"medians of {args.repeats}")
+    print(f"machine: {os.cpu_count()} cores; pHash-16 ({BITS} bits), {args.views} views per "
+          f"image, distance {DISTANCE}; medians of {args.repeats}")
     medians = {}
     for size in sizes:
-        hashes = make_hashes(size)
+        hashes = make_hashes(size, views=args.views)
         runs = [stage_losers(hashes) for _ in range(args.repeats)]
         wall = statistics.median(r[1] for r in runs)
         cpu = statistics.median(r[2] for r in runs)
         medians[size] = wall
-        print(f"  {size:>8,} hashes: {wall:7.1f} s wall, {cpu:7.1f} s CPU, "
-              f"{size / max(cpu, 1e-9):8,.0f} hashes/s per core, {len(runs[0][0]):,} removed")
+        print(f"  {size:>8,} images: {wall:7.1f} s wall, {cpu:7.1f} s CPU, "
+              f"{size / max(cpu, 1e-9):8,.0f} images/s per core, {len(runs[0][0]):,} removed")
     if len(sizes) >= 2:
         small, large = sizes[0], sizes[-1]
-        print(f"  time ratio {large:,} / {small:,} hashes: {medians[large] / medians[small]:.1f} "
+        print(f"  time ratio {large:,} / {small:,} images: {medians[large] / medians[small]:.1f} "
               f"(size ratio {large / small:g}; all-pairs would be {(large / small) ** 2:g})")
     if args.reference:
-        hashes = make_hashes(args.reference, seed=1)
+        hashes = make_hashes(args.reference, seed=1, views=args.views)
         stage = [stage_losers(hashes) for _ in range(args.repeats)]
         reference = [all_pairs_losers(hashes) for _ in range(args.repeats)]
         same = stage[0][0] == reference[0][0]
         stage_wall = statistics.median(r[1] for r in stage)
         reference_wall = statistics.median(r[1] for r in reference)
-        print(f"  all-pairs reference on {args.reference:,} hashes: {reference_wall:.2f} s, "
+        print(f"  all-pairs reference on {args.reference:,} images: {reference_wall:.2f} s, "
               f"the stage {stage_wall:.2f} s (ratio reference/stage "
               f"{reference_wall / stage_wall:.2f}); same removed set: {same} "
               f"({len(reference[0][0]):,} removed)")

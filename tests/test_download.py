@@ -29,6 +29,8 @@ def test_valid_jpeg_is_resized_and_hashed(process):
     assert (fields["original_width"], fields["original_height"]) == (320, 240)
     assert fields["sha256"] == hashlib.sha256(data).hexdigest()
     assert len(fields["phash"]) == DownloadConfig().hasher.hex_length
+    assert len(fields["phash_crops"]) == DownloadConfig().hash_views - 1
+    assert all(len(value) == DownloadConfig().hasher.hex_length for value in fields["phash_crops"])
     with Image.open(io.BytesIO(fields["jpg"])) as image:
         assert image.format == "JPEG" and image.size == (64, 64)
 

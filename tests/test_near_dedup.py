@@ -107,7 +107,7 @@ def test_the_union_find_takes_long_chains_in_any_order():
     from openwit.pipeline.images.near_dedup import UnionFind
 
     groups = UnionFind()
-    nodes = [(f"k{i:06d}", "0") for i in range(20_000)]
+    nodes = [f"k{i:06d}" for i in range(20_000)]
     for a, b in zip(reversed(nodes[:-1]), reversed(nodes[1:])):  # the worst order for depth
         groups.union(b, a)
     assert {groups.find(node) for node in nodes} == {nodes[0]}
@@ -131,14 +131,21 @@ def h(value: int) -> str:
     return hex_of(value, BITS)
 
 
+def views(value) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
 def assert_losers(expected, new, written=(), eval_hashes=None, distance=4, hot_bucket=2048):
-    """FindNearDuplicates on (key, shard, hash) triples removes exactly `expected`,
+    """FindNearDuplicates on (key, shard, hash or hashes) triples removes exactly `expected`,
     {key: (shard, reason, detail)}."""
+    new = [(key, shard, views(value)) for key, shard, value in new]
+    written = [(key, shard, views(value)) for key, shard, value in written]
     with TestPipeline(runner="DirectRunner") as pipeline:
-        written_pc = pipeline | "Written" >> beam.Create(list(written))
-        eval_pc = (pipeline | "Eval" >> beam.Create(eval_hashes)
+        written_pc = pipeline | "Written" >> beam.Create(written)
+        eval_pc = (pipeline | "Eval" >> beam.Create(
+            [(views(value), source) for value, source in eval_hashes])
                    if eval_hashes is not None else None)
-        removed = (pipeline | beam.Create(list(new))
+        removed = (pipeline | beam.Create(new)
                    | FindNearDuplicates(DedupConfig(near_distance=distance, eval_distance=distance,
                                                   hot_bucket=hot_bucket),
                                         BITS, written=written_pc, eval_hashes=eval_pc)
@@ -177,22 +184,27 @@ def test_samples_of_completed_shards_group_by_key_and_are_never_removed():
                   new, written=[("z", 0, h(1003))])
 
 
-def expected_by_all_pairs(triples, distance):
-    """The losers, from an all-pairs search and a plain union-find: the reference."""
-    parent = {key: key for key, _, _ in triples}
+def expected_by_all_pairs(samples, distance):
+    """The losers, from an all-pairs search over every pair of views and a plain union-find:
+    the reference. `samples`: (key, shard, hash or hashes)."""
+    samples = [(key, shard, views(value)) for key, shard, value in samples]
+    parent = {key: key for key, _, _ in samples}
 
     def find(key):
         while parent[key] != key:
             key = parent[key]
         return key
 
-    for (a, _, ha), (b, _, hb) in itertools.combinations(triples, 2):
-        if hamming(ha, hb) <= distance:
+    def closest(a, b):
+        return min(hamming(x, y) for x in a for y in b)
+
+    for (a, _, va), (b, _, vb) in itertools.combinations(samples, 2):
+        if closest(va, vb) <= distance:
             low, high = sorted((find(a), find(b)))
             parent[high] = low
-    value = {key: hash_ for key, _, hash_ in triples}
-    return {key: (shard, Reason.NEAR_DUPLICATE, kept(find(key), hamming(hash_, value[find(key)])))
-            for key, shard, hash_ in triples if find(key) != key}
+    views_of = {key: value for key, _, value in samples}
+    return {key: (shard, Reason.NEAR_DUPLICATE, kept(find(key), closest(value, views_of[find(key)])))
+            for key, shard, value in samples if find(key) != key}
 
 
 def test_the_survivors_are_all_pairs_ones_whatever_the_order_or_bucket_size():
@@ -206,6 +218,28 @@ def test_the_survivors_are_all_pairs_ones_whatever_the_order_or_bucket_size():
     assert_losers(expected, triples, hot_bucket=2)
 
 
+def test_a_sample_is_one_picture_with_another_when_any_of_their_views_are_close():
+    whole, crop = h(0xF0F0_F0F0 << 20), h(0x0F0F_0F0F)
+    # b's whole hash is close to a's crop view only; c shares a crop view's value exactly with
+    # d; e's two views are close to each other and to nothing else.
+    new = [("a", 0, (whole, crop)), ("b", 1, (h(0x0F0F_0F0F ^ 0b101),)),
+           ("c", 2, (h(0xAAAA << 30), h(0x5555))), ("d", 2, (h(0x5555), h(0xCCCC << 44))),
+           ("e", 3, (h(0xFFFF << 48), h((0xFFFF << 48) ^ 1)))]
+    assert_losers({"b": (1, Reason.NEAR_DUPLICATE, kept("a", 2)),
+                   "d": (2, Reason.NEAR_DUPLICATE, kept("c", 0))}, new, distance=3)
+
+
+def test_groups_through_views_are_the_all_pairs_ones():
+    rng = random.Random(8)
+    centres = clustered_hashes(3, BITS, clusters=15, per_cluster=4, spread=6)
+    samples = [(f"s{i:03d}", i % 3, tuple(rng.sample(centres, rng.randint(1, 3))))
+               for i in range(40)]
+    expected = expected_by_all_pairs(samples, 4)
+    assert expected
+    assert_losers(expected, samples)
+    assert_losers(expected, list(reversed(samples)), hot_bucket=2)
+
+
 def test_copies_of_evaluation_images_are_removed_before_grouping():
     new = [("a", 0, h(0xF0F0)), ("b", 0, h(0xF0F4)), ("c", 1, h(0xFFFF_0000_0000_0000))]
     # b is 1 bit from a but 3 from the evaluation image: a is gone, so b survives.
@@ -216,19 +250,21 @@ def test_copies_of_evaluation_images_are_removed_before_grouping():
 def test_evaluation_images_have_their_own_wider_distance():
     new = [("a", 0, h(0b1111)), ("b", 1, h(0xFF00_0000))]
     with TestPipeline(runner="DirectRunner") as pipeline:
-        removed = (pipeline | beam.Create(new)
+        removed = (pipeline | beam.Create([(key, shard, (value,)) for key, shard, value in new])
                    | FindNearDuplicates(DedupConfig(near_distance=2, eval_distance=4), BITS,
                                         eval_hashes=pipeline | "Eval" >> beam.Create(
-                                            [(h(0), "eval/0.jpg")]))
+                                            [((h(0),), "eval/0.jpg")]))
                    | beam.Map(lambda kv: (kv[1]["key"], kv[1]["reason"])))
         assert_that(removed, equal_to([("a", Reason.EVAL_DUPLICATE)]))
 
 
 def test_the_eval_index_finds_the_closest_within_the_distance():
-    index = EvalIndex([(h(0), "zero"), (h(0b111), "seven")], BITS, 2)
-    assert index.closest(h(0b1)) == (1, "zero")
-    assert index.closest(h(0b1111)) == (1, "seven")
-    assert index.closest(h(0xFF00)) is None
+    index = EvalIndex([((h(0),), "zero"), ((h(0xFFFF_0000), h(0b111)), "seven")], BITS, 2)
+    assert index.closest([h(0b1)]) == (1, "zero")
+    assert index.closest([h(0b1111)]) == (1, "seven")  # a crop view of "seven"
+    assert index.closest([h(0xFF00)]) is None
+    # Any view of the sample counts: its crop is close to "zero".
+    assert index.closest([h(0xFF00), h(0b11 << 40)]) == (2, "zero")
 
 
 # ------------------------------------------------------------------ evaluation sets
@@ -260,6 +296,7 @@ def test_folders_shards_and_hash_lists_hash_alike_and_bad_files_are_counted(tmp_
     monkeypatch.setattr(eval_set, "MAX_IMAGE_BYTES", 4000)
     hashes = eval_set.hash_paths([str(tmp_path / "eval"), str(shard)], hasher)
     by_source = dict((source, value) for value, source in hashes.hashes)
+    assert all(len(value) == hasher.views for value in by_source.values())
     assert by_source[str(folder / "1.jpg")] == by_source[f"{shard}:000.jpg"]
     reasons = dict(hashes.unreadable)
     assert reasons[str(folder / "2.png")].startswith("not_an_image")
@@ -282,9 +319,15 @@ def test_a_broken_shard_is_counted_not_raised(tmp_path):
 
 @pytest.mark.parametrize("content", [
     "not json", json.dumps([1, 2]), json.dumps({"format": "other"}),
+    json.dumps({"format": "openwit-image-hashes/2", "kind": "phash", "size": 8,
+                "hashes": [[["zz"], "a.jpg"]]}),
+    json.dumps({"format": "openwit-image-hashes/2", "kind": "phash", "size": 8,
+                "hashes": [["0123456789abcdef", "a.jpg"]]}),
+    json.dumps({"format": "openwit-image-hashes/2", "kind": "phash", "size": 8,
+                "hashes": [[[], "a.jpg"]]}),
+    json.dumps({"format": "openwit-image-hashes/2", "kind": "nohash", "size": 8, "hashes": []}),
     json.dumps({"format": "openwit-image-hashes/1", "kind": "phash", "size": 8,
-                "hashes": [["zz", "a.jpg"]]}),
-    json.dumps({"format": "openwit-image-hashes/1", "kind": "nohash", "size": 8, "hashes": []}),
+                "hashes": [["0123456789abcdef", "a.jpg"]]}),
 ])
 def test_a_malformed_hash_list_is_one_config_error(tmp_path, content):
     path = tmp_path / "hashes.json"
@@ -295,7 +338,7 @@ def test_a_malformed_hash_list_is_one_config_error(tmp_path, content):
 
 def test_a_hash_list_of_another_kind_is_refused(tmp_path):
     path = tmp_path / "hashes.json"
-    eval_set.write_hash_list(str(path), eval_set.HashList("dhash", 8, [(h(1), "a.jpg")]))
+    eval_set.write_hash_list(str(path), eval_set.HashList("dhash", 8, [((h(1),), "a.jpg")]))
     with pytest.raises(ConfigError, match="dhash"):
         eval_set.hash_paths([str(path)], ImageHasher("phash", 8))
 
@@ -310,4 +353,67 @@ def test_openwit_hashes_writes_a_list_exclude_images_reads(tmp_path, capsys):
     assert "1 images hashed" in capsys.readouterr().out
     listed = eval_set.read_hash_list(str(out))
     assert (listed.kind, listed.size) == ("phash", 16)
-    assert listed.hashes[0][0] == ImageHasher("phash", 16).of_bytes(jpeg(3))
+    assert listed.hashes[0][0] == ImageHasher("phash", 16, 12).of_bytes(jpeg(3))
+
+
+# ------------------------------------------------------------------ the hashes themselves
+
+
+def smooth_picture(seed: int, size=(300, 240)) -> np.ndarray:
+    """A picture with structure at every scale, as photographs have (BGR uint8)."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((size[1], size[0], 3), dtype=np.float64)
+    for cells in (3, 7, 15, 31):
+        small = rng.random((cells, cells, 3))
+        out += np.asarray(Image.fromarray((small * 255).astype(np.uint8)).resize(
+            size, Image.BICUBIC), dtype=np.float64) / 4
+    return np.ascontiguousarray(out.astype(np.uint8))
+
+
+@pytest.mark.parametrize("size", [4, 5, 8, 13, 16, 32])
+def test_phash_of_every_view_is_imagehash_phash_of_its_thumbnail(size):
+    import imagehash
+
+    hasher = ImageHasher("phash", size)
+    rng = np.random.default_rng(size)
+    for _ in range(10):
+        thumbnails = rng.integers(0, 256, (3, 4 * size, 4 * size), dtype=np.uint8)
+        assert hasher._phashes(thumbnails) == tuple(
+            str(imagehash.phash(Image.fromarray(t), hash_size=size)) for t in thumbnails)
+
+
+@pytest.mark.parametrize("kind", ["phash", "dhash", "ahash", "whash"])
+def test_every_kind_gives_one_hash_per_view_whole_picture_first(kind):
+    picture = smooth_picture(1)
+    hashes = ImageHasher(kind, 8, 5).of_pixels(picture)
+    assert len(hashes) == 5 and all(len(value) == 16 for value in hashes)
+    assert hashes[0] == ImageHasher(kind, 8, 1).of_pixels(picture)[0]
+    assert ImageHasher(kind, 8, 5).crops == (0.0, 0.005, 0.01, 0.015, 0.02)
+
+
+def test_a_flat_picture_hashes_the_same_way_every_time():
+    flat = np.full((64, 90), 200, dtype=np.uint8)
+    hashes = ImageHasher("phash", 16, 12).of_pixels(flat)
+    assert len(set(hashes)) == 1 and hashes == ImageHasher("phash", 16, 12).of_pixels(flat.copy())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_cropped_copy_is_close_to_a_view_of_its_original(seed):
+    hasher = ImageHasher("phash", 16, 12)
+    picture = smooth_picture(seed)
+    height, width = picture.shape[:2]
+    crop = 0.02 + 0.006 * seed  # 2-5 % a side, as the mini-web plants them
+    dx, dy = round(width * crop), round(height * crop)
+    copy = picture[dy:height - dy, dx:width - dx]
+    original, cropped = hasher.of_pixels(picture), hasher.of_pixels(copy)
+    nearest = min(hamming(cropped[0], view) for view in original)
+    assert nearest <= DedupConfig().near_distance < hamming(cropped[0], original[0])
+    # ... while against other pictures, no view comes near.
+    other = hasher.of_pixels(smooth_picture(seed + 100))
+    assert min(hamming(a, b) for a in cropped for b in other) > 3 * DedupConfig().near_distance
+
+
+def test_an_out_of_range_view_count_is_refused():
+    assert ImageHasher("phash", 16, 0).validate()
+    assert ImageHasher("phash", 16, 22).validate()
+    assert ImageHasher("phash", 16, 21).validate() is None

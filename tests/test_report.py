@@ -62,7 +62,8 @@ def _sample(i: int, queries=("circle", "red")) -> dict:
             "queries": list(queries), "language": "en", "language_prob": 1.0,
             "width": 64 + i % 3, "height": 64, "original_width": 200 + 10 * i,
             "original_height": 150 + 5 * i, "original_bytes": 10_000 + 1000 * i,
-            "sha256": f"{i:064x}", "phash": f"{i:016x}"}
+            "sha256": f"{i:064x}", "phash": f"{i:016x}",
+            "phash_crops": [f"{i + 1:016x}"]}
 
 
 def _failure(i: int, stage: str, reason: str, detail: str = "") -> dict:

@@ -18,7 +18,7 @@ from PIL import Image
 from openwit.pipeline.core.records import Reason
 from openwit.pipeline.images import download, resize
 from openwit.pipeline.images.image_hash import hamming
-from openwit.pipeline.images.config import RESIZE_MODES, DownloadConfig
+from openwit.pipeline.images.config import RESIZE_MODES, DedupConfig, DownloadConfig
 from openwit.pipeline.images.download import ImageProcessor, load_img2dataset
 
 
@@ -170,8 +170,11 @@ def test_the_hash_is_of_the_whole_picture_as_an_evaluation_file_is_hashed(
                         [int(cv2.IMWRITE_JPEG_QUALITY), 95])[1].tobytes()
     fields, _ = ImageProcessor(DownloadConfig(resize_mode=mode), resizer_module)(data)
     as_a_file = DownloadConfig().hasher.of_bytes(data)
-    # Border, crop or neither, the same picture: a few bits from the resampling at most.
-    assert hamming(fields["phash"], as_a_file) <= 6
+    # Border, crop or neither, the same picture: a few bits from the resampling, in the whole
+    # picture's hash and in each crop's, and never as far as the near-duplicate distance.
+    found = [hamming(value, from_file) for value, from_file in
+             zip([fields["phash"], *fields["phash_crops"]], as_a_file, strict=True)]
+    assert sorted(found)[len(found) // 2] <= 4 and max(found) <= DedupConfig().near_distance
 
 
 @pytest.mark.parametrize("mode", ["no", "keep_ratio_largest"])

@@ -5,9 +5,10 @@
     linear probe) -> openwit report
 
 The evaluation set is rendered by the mini-web from item seeds disjoint from the corpus's (odd
-seeds, where the corpus's are even), so no evaluation image is in the corpus by construction;
-near-duplicate decontamination against an arbitrary evaluation set is not part of the build
-yet. The last shard is held out of training for retrieval.
+seeds, where the corpus's are even), except the candidates it plants on purpose: re-encoded,
+resized and cropped copies of evaluation images. The build gets the evaluation set as
+`--exclude-images`, so those are removed by the check, and the demo says how many. The last
+shard is held out of training for retrieval.
 
 `openwit demo --ablation balance` trains the same model for the same number of samples on the
 balanced corpus and on an unbalanced one of the same size drawn from the same pool, and

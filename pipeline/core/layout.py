@@ -24,7 +24,7 @@ Three folders have a fixed shape, and each name below is defined here and nowher
 
     hash list (`openwit hashes`; read by --exclude-images)
         FILE.json                      {"format": HASH_LIST_FORMAT, "kind", "size",
-                                        "hashes": [[hash, source]], "unreadable": [...]}
+                                        "hashes": [[[hash, ...], source]], "unreadable": [...]}
 
     run folder (`openwit train`, `openwit eval`)
         checkpoints/latest.pt          the checkpoint (a plain dict)
@@ -75,6 +75,8 @@ SAMPLE_SCHEMA = pa.schema(
         ("original_bytes", pa.int64()),
         ("sha256", pa.string()),
         ("phash", pa.string()),
+        # The hashes of the picture's centre crops (image_hash: "views"), for near-duplicates.
+        ("phash_crops", pa.list_(pa.string())),
     ]
 )
 SAMPLE_FIELDS = tuple(SAMPLE_SCHEMA.names)  # KEY.json holds exactly these
@@ -113,6 +115,7 @@ FAILURE_SCHEMA = pa.schema(
         # A sample dropped after download keeps its perceptual hash: a resumed run groups
         # near-duplicates with the dropped samples of completed shards, as the first run did.
         ("phash", pa.string()),
+        ("phash_crops", pa.list_(pa.string())),
     ]
 )
 FAILURE_FIELDS = tuple(FAILURE_SCHEMA.names)
@@ -150,7 +153,7 @@ def sizes_path(shards_folder: str) -> str:
     return storage.join(shards_folder, SIZES_FILE)
 
 
-HASH_LIST_FORMAT = "openwit-image-hashes/1"
+HASH_LIST_FORMAT = "openwit-image-hashes/2"  # /2: several views per image
 
 # --------------------------------------------------------------------- query table folder
 

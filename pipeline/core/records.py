@@ -12,7 +12,8 @@ stages):
     queries    sorted matched query strings (added when curation ends)
 
 After download a sample also carries `jpg` (bytes), width, height, original_width,
-original_height, sha256 (of the downloaded bytes, as img2dataset computes it) and phash.
+original_height, sha256 (of the downloaded bytes, as img2dataset computes it), phash (the
+perceptual hash of the whole picture) and phash_crops (those of its centre crops).
 
 A failure is a dict with the fields of `layout.FAILURE_SCHEMA`, made by `failure()` and by
 nothing else; every stage that drops a candidate emits one, so the failures folder accounts
@@ -123,7 +124,13 @@ def failure(candidate: dict, stage: str, reason: str, detail: str = "") -> dict:
         "reason": reason,
         "detail": detail[:500],
         "phash": candidate.get("phash"),
+        "phash_crops": candidate.get("phash_crops"),
     }
+
+
+def hashes_of(record: dict) -> tuple[str, ...]:
+    """A sample's or failure record's perceptual hashes: the whole picture's, then its crops'."""
+    return (record["phash"], *(record.get("phash_crops") or ()))
 
 
 # An opt-out's detail names what opted out first ("noai, noimageai" or "robots.txt"), then the

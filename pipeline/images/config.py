@@ -54,10 +54,13 @@ class DownloadConfig:
     max_aspect_ratio: float = 5.0
     hash_kind: str = "phash"  # the perceptual hash of each image (image_hash.HASH_KINDS)
     hash_size: int = 16  # a hash of hash_size x hash_size bits
+    # Hashes per image: the whole picture, then centre crops 0.5 % a side apart (to 5.5 %),
+    # so that a lightly cropped copy is found; benchmarks/RESULTS.md has the measurement.
+    hash_views: int = 12
 
     @property
     def hasher(self) -> ImageHasher:
-        return ImageHasher(self.hash_kind, self.hash_size)
+        return ImageHasher(self.hash_kind, self.hash_size, self.hash_views)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +100,7 @@ class ImageHalfConfig:
         d = self.download
         problem = d.hasher.validate()
         if problem is not None:
-            raise ConfigError(f"--hash-kind/--hash-size: {problem}")
+            raise ConfigError(f"--hash-kind/--hash-size/--hash-views: {problem}")
         if not 0 <= self.dedup.near_distance < d.hasher.bits // 2:
             raise ConfigError(f"--near-duplicate-distance must be in [0, {d.hasher.bits // 2})")
         if not 0 <= self.dedup.eval_distance < d.hasher.bits // 2:
@@ -199,6 +202,10 @@ def add_hash_flags(group) -> None:
              help="imagehash's perceptual hash of every image (near-duplicates compare these)")
     add_flag(group, "--hash-size", type=int, default=d.hash_size,
              help="hashes of SIZE x SIZE bits")
+    add_flag(group, "--hash-views", type=int, default=d.hash_views, metavar="N",
+             help="hashes per image: the whole picture, then N-1 centre crops 0.5%% a side "
+                  "apart (two images are near-duplicates when any of their hashes are close); "
+                  "1: the whole picture only")
 
 
 def add_dedup_flags(parser: argparse.ArgumentParser) -> None:
@@ -266,6 +273,7 @@ def image_half_config(args: argparse.Namespace, default_cap: int) -> ImageHalfCo
             max_aspect_ratio=args.max_aspect_ratio,
             hash_kind=args.hash_kind,
             hash_size=args.hash_size,
+            hash_views=args.hash_views,
         ),
         shards=ShardConfig(output=args.output.rstrip("/"),
                            samples_per_shard=args.samples_per_shard),

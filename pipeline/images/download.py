@@ -45,7 +45,7 @@ from openwit.pipeline.core.records import (
 )
 from openwit.pipeline.images.fetch import Fetcher
 from openwit.pipeline.images.hosts import HostGate, host_of
-from openwit.pipeline.images.image_hash import DECODER_ERRORS, ImageHasher
+from openwit.pipeline.images.image_hash import DECODER_ERRORS
 from openwit.pipeline.images.resize import (
     border_content,
     decode_reduced,
@@ -124,7 +124,7 @@ class ImageProcessor:
         # there are threads, and OpenCV's own pool would only oversubscribe the cores.
         cv2.setNumThreads(1)
         self._config = config
-        self._hasher = ImageHasher(config.hash_kind, config.hash_size)
+        self._hasher = config.hasher
         self._resizer_module = resizer_module
         self._resizer = None
         # The Resizer silences stdout/stderr by swapping process-wide file descriptors: two
@@ -179,7 +179,7 @@ class ImageProcessor:
                     return None, problem
                 decoded = decode_reduced(data, plan)
                 pixels = fit(decoded, plan, c.resize_mode, c.image_size)
-                encoded, phash = encode_jpeg(pixels, c.encode_quality), self._hasher.of_pixels(decoded)
+                encoded, hashes = encode_jpeg(pixels, c.encode_quality), self._hasher.of_pixels(decoded)
                 (height_out, width_out), original_width, original_height = (
                     pixels.shape[:2], width, height)
             else:
@@ -188,7 +188,7 @@ class ImageProcessor:
                         self._resize(io.BytesIO(plain_rgb_png(data) if needs_pillow else data)))
                 if error is not None:
                     return None, (RESIZER_ERRORS.get(error, Reason.DECODE_ERROR), error)
-                phash = self._hash_resizer_output(encoded, original_width, original_height)
+                hashes = self._hash_resizer_output(encoded, original_width, original_height)
         except Exception as err:  # noqa: BLE001 (see above)
             return None, (Reason.DECODE_ERROR, f"{type(err).__name__}: {without_addresses(err)}")
         return {
@@ -199,11 +199,12 @@ class ImageProcessor:
             "original_height": int(original_height),
             "original_bytes": len(data),
             "sha256": hashlib.sha256(data).hexdigest(),
-            "phash": phash,
+            "phash": hashes[0],
+            "phash_crops": list(hashes[1:]),
         }, None
 
     def _hash_resizer_output(self, encoded: bytes, original_width: int,
-                             original_height: int) -> str:
+                             original_height: int) -> tuple[str, ...]:
         """The Resizer keeps its decoded pixels to itself: the hash is of its small output,
         without the white border (the picture, as on the reduced path; a centre crop stays
         cropped)."""

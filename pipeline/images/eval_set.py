@@ -26,11 +26,12 @@ MAX_IMAGE_BYTES = 50 * 1024 * 1024
 
 @dataclasses.dataclass
 class HashList:
-    """(hash, source) per image; (source, reason) per file that could not be hashed."""
+    """(hashes, source) per image, its hashes the whole picture's first, then its crops' (the
+    views of `ImageHasher`); (source, reason) per file that could not be hashed."""
 
     kind: str
     size: int
-    hashes: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    hashes: list[tuple[tuple[str, ...], str]] = dataclasses.field(default_factory=list)
     unreadable: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     def add(self, hasher: ImageHasher, source: str, data: bytes) -> None:
@@ -118,7 +119,7 @@ def _add_path(hashes: HashList, hasher: ImageHasher, path: str, walked: bool) ->
 def write_hash_list(path: str, hashes: HashList) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         json.dump({"format": HASH_LIST_FORMAT, "kind": hashes.kind, "size": hashes.size,
-                   "hashes": [list(pair) for pair in hashes.hashes],
+                   "hashes": [[list(views), source] for views, source in hashes.hashes],
                    "unreadable": [list(pair) for pair in hashes.unreadable]}, handle)
         handle.write("\n")
 
@@ -130,8 +131,12 @@ def read_hash_list(path: str) -> HashList:
             data = json.load(handle)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ConfigError(f"{path}: not a hash list ({type(err).__name__})") from None
-    if not isinstance(data, dict) or data.get("format") != HASH_LIST_FORMAT:
+    if not isinstance(data, dict) or not str(data.get("format", "")).startswith(
+            HASH_LIST_FORMAT.split("/")[0] + "/"):
         raise ConfigError(f"{path}: not a hash list of `openwit hashes`")
+    if data["format"] != HASH_LIST_FORMAT:
+        raise ConfigError(f"{path}: a hash list of an older openwit ({data['format']}); its "
+                          "hashes are not comparable: run `openwit hashes` again")
     hasher = ImageHasher(str(data.get("kind")), data.get("size") if isinstance(
         data.get("size"), int) else 0)
     problem = hasher.validate()
@@ -139,13 +144,14 @@ def read_hash_list(path: str) -> HashList:
         raise ConfigError(f"{path}: {problem}")
     pairs = data.get("hashes")
     if not isinstance(pairs, list) or not all(
-            isinstance(p, list) and len(p) == 2 and is_hash(p[0], hasher.hex_length)
+            isinstance(p, list) and len(p) == 2 and isinstance(p[0], list) and p[0]
+            and all(is_hash(value, hasher.hex_length) for value in p[0])
             and isinstance(p[1], str) for p in pairs):
-        raise ConfigError(f"{path}: its hashes are not [hash, source] pairs of "
+        raise ConfigError(f"{path}: its hashes are not [[hash, ...], source] pairs of "
                           f"{hasher.hex_length} hex digits")
     unreadable = data.get("unreadable", [])
     unreadable = [tuple(map(str, p)) for p in unreadable if isinstance(p, list) and len(p) == 2]
-    return HashList(hasher.kind, hasher.size, [tuple(p) for p in pairs], unreadable)
+    return HashList(hasher.kind, hasher.size, [(tuple(p[0]), p[1]) for p in pairs], unreadable)
 
 
 # ------------------------------------------------------------------ `openwit hashes`
@@ -159,13 +165,14 @@ def add_hashes_flags(parser) -> None:
 
 
 def run_hashes(args) -> int:
-    hasher = ImageHasher(args.hash_kind, args.hash_size)
+    hasher = ImageHasher(args.hash_kind, args.hash_size, args.hash_views)
     problem = hasher.validate()
     if problem is not None:
-        raise ConfigError(f"--hash-kind/--hash-size: {problem}")
+        raise ConfigError(f"--hash-kind/--hash-size/--hash-views: {problem}")
     hashes = hash_paths(args.paths, hasher)
     write_hash_list(args.output, hashes)
-    print(f"{len(hashes.hashes)} images hashed ({hasher.kind}, {hasher.bits} bits), "
+    print(f"{len(hashes.hashes)} images hashed ({hasher.kind}, {hasher.bits} bits, "
+          f"{hasher.views} views each), "
           f"{len(hashes.unreadable)} unreadable, into {args.output}")
     for source, reason in hashes.unreadable[:10]:
         print(f"  unreadable: {source}: {reason}")

@@ -5,6 +5,11 @@ passes the picture it decoded for the resize, whole, before any border or crop. 
 function serves `ImageHasher.of_bytes`, which decodes a file (an evaluation image, a shard
 member). A corpus image and an evaluation image are therefore compared on equal terms.
 
+A picture has `views` hashes: the whole picture first, then centre crops `CROP_STEP` apart
+(a side). A crop of a picture moves its hash about as far as an unrelated picture sits; the
+copy's whole hash lies close to the original's view of about the same crop instead
+(benchmarks/RESULTS.md: "The threshold behind --near-duplicate-distance").
+
 A hash of `size` x `size` bits is kept as imagehash writes it, as hex, and handled as a row of
 64-bit words (`to_words`) so that distances over many hashes are vectorised numpy.
 
@@ -15,6 +20,7 @@ in at most `distance` bands, so by pigeonhole they agree exactly on at least one
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import struct
 import warnings
@@ -27,18 +33,24 @@ DECODER_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeEr
                   ArithmeticError, struct.error)
 
 HASH_KINDS = ("phash", "dhash", "ahash", "whash")
-# The grey thumbnail every hash is taken from, in multiples of the hash size (pHash reads a
-# 4x thumbnail; twice that keeps its own resize a proper low-pass).
-THUMBNAIL_SCALE = 8
+CROP_STEP = 0.005  # the crop of one view more than the one before, a side
+MAX_VIEWS = 21  # crops up to 10 % a side
+# imagehash's highfreq_factor: its pHash takes the DCT of a grey square 4x the hash size.
+DCT_SCALE = 4
+# The grey square the views are cut from is at least this many pixels a side, so that a crop
+# step is about a pixel of it, and 4x the DCT input so the cut views are properly low-passed.
+BASE_SIDE = 256
 WORD_BITS = 64
 
 
 @dataclasses.dataclass(frozen=True)
 class ImageHasher:
-    """imagehash's `kind` (phash, dhash, ahash, whash) of `size` x `size` bits."""
+    """imagehash's `kind` (phash, dhash, ahash, whash) of `size` x `size` bits, of the whole
+    picture and of `views - 1` centre crops."""
 
     kind: str = "phash"
     size: int = 8
+    views: int = 1
 
     @property
     def bits(self) -> int:
@@ -48,36 +60,59 @@ class ImageHasher:
     def hex_length(self) -> int:
         return -(-self.bits // 4)
 
+    @property
+    def crops(self) -> tuple[float, ...]:
+        """The crop of each view, a side, as a fraction of the picture's width and height."""
+        return tuple(round(view * CROP_STEP, 4) for view in range(self.views))
+
     def validate(self) -> str | None:
         """What is wrong with this hasher, or None."""
         if self.kind not in HASH_KINDS:
             return f"unknown hash kind {self.kind!r} (one of {', '.join(HASH_KINDS)})"
         if not 4 <= self.size <= 32 or (self.kind == "whash" and self.size & (self.size - 1)):
             return "the hash size must be in [4, 32] (a power of two for whash)"
+        if not 1 <= self.views <= MAX_VIEWS:
+            return f"the number of hash views must be in [1, {MAX_VIEWS}]"
         return None
 
-    def of_pixels(self, pixels) -> str:
-        """The hash of a BGR, RGB-as-BGR or grey uint8 array (the whole picture)."""
+    def of_pixels(self, pixels) -> tuple[str, ...]:
+        """The hashes of a BGR, RGB-as-BGR or grey uint8 array: the whole picture first, then
+        its centre crops."""
         import cv2
 
         grey = pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY)
-        side = THUMBNAIL_SCALE * self.size
+        dct_side = DCT_SCALE * self.size
+        side = max(BASE_SIDE, 4 * dct_side)
         height, width = grey.shape[:2]
         interpolation = cv2.INTER_AREA if height >= side and width >= side else cv2.INTER_LINEAR
-        thumbnail = cv2.resize(grey, (side, side), interpolation=interpolation)
-        return self._hash_thumbnail(thumbnail)
+        # A centre crop commutes with the squashing resize: every view is cut from one square,
+        # low-passed once for the ~4x reduction, then sampled at sub-pixel crop positions.
+        base = cv2.resize(grey, (side, side), interpolation=interpolation)
+        smooth = cv2.blur(base, (side // dct_side, side // dct_side))
+        thumbnails = np.empty((self.views, dct_side, dct_side), dtype=np.uint8)
+        for view, crop in enumerate(self.crops):
+            scale = side * (1 - 2 * crop) / dct_side
+            # destination pixel centre x + 0.5 samples source position crop*side + (x+0.5)*scale
+            offset = side * crop + 0.5 * scale - 0.5
+            to_source = np.array([[scale, 0, offset], [0, scale, offset]])
+            cv2.warpAffine(smooth, to_source, (dct_side, dct_side), dst=thumbnails[view],
+                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                           borderMode=cv2.BORDER_REPLICATE)
+        if self.kind == "phash":
+            return self._phashes(thumbnails)
+        return tuple(self._imagehash(thumbnail) for thumbnail in thumbnails)
 
-    def of_bytes(self, data: bytes) -> str:
-        """The hash of an encoded image (any format Pillow reads): its first frame, upright,
+    def of_bytes(self, data: bytes) -> tuple[str, ...]:
+        """The hashes of an encoded image (any format Pillow reads): its first frame, upright,
         alpha on white, decoded at reduced size where the format allows. Raises what Pillow
         raises on bytes that are not an image."""
         from PIL import Image, ImageOps
 
-        side = THUMBNAIL_SCALE * self.size
+        side = max(BASE_SIDE, 4 * DCT_SCALE * self.size)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
-                image.draft("RGB", (2 * side, 2 * side))  # JPEG only: a scaled decode
+                image.draft("RGB", (side, side))  # JPEG only: a scaled decode
                 image.seek(0)
                 image = ImageOps.exif_transpose(image)
                 if image.mode in ("RGBA", "LA", "PA", "P") and (
@@ -89,18 +124,41 @@ class ImageHasher:
                 rgb = np.asarray(image.convert("RGB"))
         return self.of_pixels(np.ascontiguousarray(rgb[:, :, ::-1]))
 
-    def _hash_thumbnail(self, thumbnail) -> str:
+    def _phashes(self, thumbnails: np.ndarray) -> tuple[str, ...]:
+        """imagehash's pHash of each grey thumbnail: the DCT-II (scipy.fftpack's, unscaled) of
+        its rows and columns, the low `size` x `size` coefficients against their median. Only
+        the low coefficients are computed, as one product for all views; they are rounded first
+        so that a flat picture's ties fall the same way on every machine."""
+        dct = _dct_rows(self.size, thumbnails.shape[1])
+        low = dct @ thumbnails.astype(np.float64) @ dct.T
+        low = np.round(low.reshape(len(thumbnails), -1), 6)
+        above = low > np.median(low, axis=1, keepdims=True)
+        return tuple(self._hex(row) for row in above)
+
+    def _imagehash(self, thumbnail) -> str:
         import imagehash
         from PIL import Image
 
         image = Image.fromarray(thumbnail)
-        if self.kind == "phash":
-            return str(imagehash.phash(image, hash_size=self.size))
         if self.kind == "dhash":
             return str(imagehash.dhash(image, hash_size=self.size))
         if self.kind == "ahash":
             return str(imagehash.average_hash(image, hash_size=self.size))
         return str(imagehash.whash(image, hash_size=self.size))
+
+    def _hex(self, bits) -> str:
+        """Bits, the first the highest, as imagehash writes them: hex, zero-padded."""
+        padding = -self.bits % 8
+        value = int.from_bytes(np.packbits(bits).tobytes(), "big") >> padding
+        return format(value, f"0{self.hex_length}x")
+
+
+@functools.lru_cache(maxsize=8)
+def _dct_rows(rows: int, length: int) -> np.ndarray:
+    """The first `rows` rows of scipy.fftpack's unnormalised DCT-II matrix of `length`."""
+    k = np.arange(rows)[:, None]
+    n = np.arange(length)[None, :]
+    return 2 * np.cos(np.pi * k * (2 * n + 1) / (2 * length))
 
 
 def is_hash(text, hex_length: int) -> bool:

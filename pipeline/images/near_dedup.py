@@ -1,13 +1,18 @@
 """Stage 10: near-duplicate images (perceptual hashes within a Hamming distance) are one image,
 and images within the distance of an evaluation image are removed.
 
-    (key, shard, hash) of every sample that survived exact dedup, and of completed shards
+    (key, shard, hashes) of every sample that survived exact dedup, and of completed shards
       -> against the evaluation set  (a banded index of its hashes, a side input)
-      -> identical hashes            (GroupByKey on the whole hash: one representative each)
+      -> identical hashes            (GroupByKey on each hash of each sample: the samples that
+                                      share one are linked; one representative per hash)
       -> bands                       (distance + 1 bands per representative: pigeonhole)
       -> close pairs per band        (verified by full distance; hot bands sub-split)
-      -> groups                      (a union-find over the pairs, one survivor per group)
+      -> groups                      (a union-find over the links, one survivor per group)
       -> losers                      ((shard, failure record) for every removed new sample)
+
+A sample has several hashes (image_hash: the whole picture and its centre crops): two samples
+are one picture when any hash of one is within the distance of any hash of the other, which
+finds a lightly cropped copy.
 
 Never all pairs: two hashes within `distance` bits agree exactly on at least one of
 `distance + 1` bands, so only hashes that share a band value are compared. A band value that
@@ -124,13 +129,13 @@ def near_pairs(hashes: list[str], bits: int, distance: int, hot_bucket: int) -> 
 
 
 class UnionFind:
-    """Nodes are (key, hash) pairs; a group's root is its smallest node, so the result does
-    not depend on the order of unions."""
+    """Nodes are sample keys; a group's root is its smallest key, so the result does not
+    depend on the order of unions."""
 
     def __init__(self):
-        self.parent: dict[tuple, tuple] = {}
+        self.parent: dict[str, str] = {}
 
-    def find(self, node: tuple) -> tuple:
+    def find(self, node: str) -> str:
         root = self.parent.setdefault(node, node)
         while self.parent[root] != root:  # a loop, not recursion: chains can be long
             root = self.parent[root]
@@ -138,7 +143,7 @@ class UnionFind:
             self.parent[node], node = root, self.parent[node]
         return root
 
-    def union(self, a: tuple, b: tuple) -> None:
+    def union(self, a: str, b: str) -> None:
         root_a, root_b = self.find(a), self.find(b)
         if root_a != root_b:
             low, high = sorted((root_a, root_b))
@@ -146,16 +151,17 @@ class UnionFind:
 
 
 class _Groups(beam.CombineFn):
-    """Close pairs -> {key: the node that survives its group} for every key not a survivor.
+    """Edges between keys -> {key: the key that survives its group} for every key that is not
+    a survivor.
 
-    One accumulator holds the nodes that have a near-duplicate (not every sample): the groups
+    One accumulator holds the keys that have a near-duplicate (not every sample): the groups
     are resolved on one worker (README: "Near-duplicates")."""
 
     def create_accumulator(self):
         return UnionFind()
 
-    def add_input(self, groups, pair):
-        groups.union(*pair)
+    def add_input(self, groups, edge):
+        groups.union(*edge)
         return groups
 
     def merge_accumulators(self, accumulators):
@@ -170,29 +176,37 @@ class _Groups(beam.CombineFn):
         for node in list(groups.parent):
             root = groups.find(node)
             if root != node:
-                roots[node[0]] = root
+                roots[node] = root
         return roots
 
 
 # ------------------------------------------------------------------------- the stage
 
 
-def _representatives(hash_and_members):
-    """(hash, [(node, shard, is_new)]) -> the smallest node on "representative", and
-    (node, shard, is_new, representative) for each member: identical hashes are one node in
-    the search."""
-    _, members = hash_and_members
+def _views(member):
+    """(key, shard, is_new, hashes) -> (hash, key) for each distinct hash of the sample."""
+    key, _, _, hashes = member
+    for value in set(hashes):
+        yield value, key
+
+
+def _sharers(hash_and_keys):
+    """(hash, keys) -> the hash and the smallest key holding it, on "representative", and
+    an edge from that key to every other key that holds it: identical hashes are one node in
+    the search, and the samples that share one are one group."""
+    value, keys = hash_and_keys
     # Two passes over the grouped values (Beam's are re-iterable), never a sorted copy: a
     # placeholder picture may be shared by millions of URLs.
-    representative = min(node for node, _, _ in members)
-    yield beam.pvalue.TaggedOutput("representative", representative)
-    for node, shard, is_new in members:
-        yield node, shard, is_new, representative
+    smallest = min(keys)
+    yield beam.pvalue.TaggedOutput("representative", (value, smallest))
+    for key in keys:
+        if key != smallest:
+            yield smallest, key
 
 
 def _in_bands(bits: int, distance: int):
     def emit(node):
-        for band in bands(node[1], bits, distance):
+        for band in bands(node[0], bits, distance):
             yield band, node
     return emit
 
@@ -201,50 +215,75 @@ def _pairs_in_band(bits: int, distance: int, hot_bucket: int):
     def pairs(band_and_nodes):
         _, nodes = band_and_nodes
         nodes = sorted(set(nodes))
-        if len(nodes) < 2:
+        # Views of one picture mostly share their band values: a bucket of one sample's views
+        # has nothing to link.
+        if len(nodes) < 2 or all(key == nodes[0][1] for _, key in nodes):
             return
-        words = to_words([node[1] for node in nodes], bits)
+        words = to_words([value for value, _ in nodes], bits)
         groups = UnionFind()
         for rows, cols in close_pairs(words, bits, distance, hot_bucket, connect_only=True):
             for i, j in zip(rows.tolist(), cols.tolist()):
-                groups.union(nodes[i], nodes[j])
-        # A forest, not every pair: each node to its group's smallest node.
-        for node in groups.parent:
-            root = groups.find(node)
-            if root != node:
-                yield root, node
+                groups.union(nodes[i][1], nodes[j][1])
+        # A forest, not every pair: each key to its group's smallest key.
+        for key in groups.parent:
+            root = groups.find(key)
+            if root != key:
+                yield root, key
     return pairs
 
 
-def _losers(member, roots):
-    (key, value), shard, is_new, representative = member
-    survivor_key, survivor_hash = roots.get(representative[0], representative)
-    if not is_new or survivor_key == key:
+def _hashes_of_survivors(member, roots):
+    """The hashes of each sample that survives a group (for the losers' detail)."""
+    key, _, _, hashes = member
+    if key in roots.survivors:
+        yield key, hashes
+
+
+class _Roots:
+    """The groups' roots, and the set of survivors, made once per worker from the side input."""
+
+    def __init__(self, roots: dict):
+        self.of = roots
+        self.survivors = set(roots.values())
+
+
+def _closest(hashes, others) -> int:
+    return min(hamming(a, b) for a in hashes for b in others)
+
+
+def _losers(member, roots, survivor_hashes):
+    key, shard, is_new, hashes = member
+    survivor = roots.get(key)
+    if not is_new or survivor is None:
         return
     yield shard, failure({"key": key}, Stage.DEDUP_IMAGE, Reason.NEAR_DUPLICATE,
-                         f"Hamming distance {hamming(value, survivor_hash)} from {survivor_key}, "
-                         "which is kept")
+                         f"Hamming distance {_closest(hashes, survivor_hashes[survivor])} "
+                         f"from {survivor}, which is kept")
 
 
 class EvalIndex:
-    """The evaluation set's hashes in buckets by band: which of them a hash is close to."""
+    """The evaluation set's hashes (every view of every image) in buckets by band: which of
+    them a hash is close to."""
 
-    def __init__(self, hashes: list[tuple[str, str]], bits: int, distance: int):
+    def __init__(self, images: list[tuple[tuple[str, ...], str]], bits: int, distance: int):
         self._bits, self._distance = bits, distance
+        hashes = [(value, source) for views, source in images for value in views]
         self._buckets: dict[tuple[int, int], list[int]] = {}
         self._words = to_words([value for value, _ in hashes], bits)
         self._sources = [source for _, source in hashes]
         for index, (value, _) in enumerate(hashes):
-            for band in bands(value, bits, distance):
+            for band in bands(value, bits, self._distance):
                 self._buckets.setdefault(band, []).append(index)
 
-    def closest(self, value: str) -> tuple[int, str] | None:
-        """(distance, source) of the closest evaluation image within the distance, or None."""
-        candidates = sorted({i for band in bands(value, self._bits, self._distance)
+    def closest(self, hashes) -> tuple[int, str] | None:
+        """(distance, source) of the evaluation image closest to any of `hashes` (a sample's
+        views), within the distance, or None."""
+        candidates = sorted({i for value in hashes
+                             for band in bands(value, self._bits, self._distance)
                              for i in self._buckets.get(band, ())})
         if not candidates:
             return None
-        found = distances(to_words([value], self._bits), self._words[candidates])[0]
+        found = distances(to_words(list(hashes), self._bits), self._words[candidates]).min(axis=0)
         best = int(np.argmin(found))
         if found[best] > self._distance:
             return None
@@ -252,18 +291,18 @@ class EvalIndex:
 
 
 class _AgainstEvaluationSet(beam.DoFn):
-    """(node, shard, is_new) -> those not close to an evaluation image; the others' failure
-    records on the "eval" output. Samples of completed shards pass: they are written."""
+    """(key, shard, is_new, hashes) -> those not close to an evaluation image; the others'
+    failure records on the "eval" output. Samples of completed shards pass: they are written."""
 
     def __init__(self, bits: int, distance: int):
         self._bits, self._distance = bits, distance
         self._index = None
 
     def process(self, member, eval_hashes):
-        (key, value), shard, is_new = member
+        key, shard, is_new, hashes = member
         if self._index is None:
             self._index = EvalIndex(eval_hashes, self._bits, self._distance)
-        close = self._index.closest(value) if is_new else None
+        close = self._index.closest(hashes) if is_new else None
         if close is None:
             yield member
             return
@@ -276,9 +315,11 @@ class _AgainstEvaluationSet(beam.DoFn):
 class FindNearDuplicates(beam.PTransform):
     """Which samples are near-duplicates of a kept one, or close to an evaluation image.
 
-    Input: (key, shard, hash) triples of this run's samples; `written`: the same of the samples
-    of completed shards that took part in grouping (never removed); `eval_hashes`: (hash,
-    source) pairs.
+    Input: (key, shard, hashes) triples of this run's samples, `hashes` a sample's views (the
+    whole picture's hash first); `written`: the same of the samples of completed shards that
+    took part in grouping (never removed); `eval_hashes`: (hashes, source) pairs.
+    Two samples are near-duplicates when any hash of one is within the distance of any hash of
+    the other.
     Output: (shard, failure record) for every removed sample of this run.
     """
 
@@ -291,32 +332,40 @@ class FindNearDuplicates(beam.PTransform):
 
     def expand(self, new):
         c, bits = self._config, self._bits
-        nodes = [new | "New nodes" >> beam.Map(lambda t: ((t[0], t[2]), t[1], True))]
+        members = [new | "New samples" >> beam.MapTuple(
+            lambda key, shard, hashes: (key, shard, True, tuple(hashes)))]
         if self._written is not None:
-            nodes.append(self._written | "Written nodes" >> beam.Map(
-                lambda t: ((t[0], t[2]), t[1], False)))
-        nodes = nodes | "All nodes" >> beam.Flatten()
+            members.append(self._written | "Written samples" >> beam.MapTuple(
+                lambda key, shard, hashes: (key, shard, False, tuple(hashes))))
+        members = members | "All samples" >> beam.Flatten()
         removed = []
         if self._eval_hashes is not None:
-            checked = nodes | "Against the evaluation set" >> beam.ParDo(
+            checked = members | "Against the evaluation set" >> beam.ParDo(
                 _AgainstEvaluationSet(bits, c.eval_distance),
                 beam.pvalue.AsList(self._eval_hashes)).with_outputs("eval", main="kept")
-            nodes = checked.kept
+            members = checked.kept
             removed.append(checked.eval)
-        collapsed = (
-            nodes
-            | "By hash" >> beam.Map(lambda member: (member[0][1], member))
+        shared = (
+            members
+            | "Hashes" >> beam.FlatMap(_views)
             | "Identical hashes" >> beam.GroupByKey()
-            | "Representatives" >> beam.FlatMap(_representatives).with_outputs(
-                "representative", main="members")
+            | "Sharers" >> beam.FlatMap(_sharers).with_outputs("representative", main="edges")
         )
-        roots = (
-            collapsed.representative
+        close = (
+            shared.representative
             | "Bands" >> beam.FlatMap(_in_bands(bits, c.near_distance))
             | "Group by band" >> beam.GroupByKey()
             | "Close pairs" >> beam.FlatMap(_pairs_in_band(bits, c.near_distance, c.hot_bucket))
-            | "Groups" >> beam.CombineGlobally(_Groups())
         )
-        removed.append(collapsed.members | "Losers" >> beam.FlatMap(
-            _losers, beam.pvalue.AsSingleton(roots)))
+        roots = (
+            (shared.edges, close)
+            | "Edges" >> beam.Flatten()
+            | "Groups" >> beam.CombineGlobally(_Groups())
+            | "Roots" >> beam.Map(_Roots)
+        )
+        survivor_hashes = members | "Hashes of survivors" >> beam.FlatMap(
+            _hashes_of_survivors, beam.pvalue.AsSingleton(roots))
+        removed.append(members | "Losers" >> beam.FlatMap(
+            lambda member, roots, hashes: _losers(member, roots.of, hashes),
+            beam.pvalue.AsSingleton(roots), beam.pvalue.AsDict(survivor_hashes)))
         return removed | "Removed" >> beam.Flatten()

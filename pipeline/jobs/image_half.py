@@ -17,6 +17,7 @@ from openwit.pipeline.images.cap import ExactCap
 from openwit.pipeline.images.config import ImageHalfConfig
 from openwit.pipeline.images.download import DownloadImages
 from openwit.pipeline.core.errors import ConfigError
+from openwit.pipeline.core.records import hashes_of
 from openwit.pipeline.images.eval_set import HashList, hash_paths
 from openwit.pipeline.images.image_dedup import FindImageDuplicates
 from openwit.pipeline.images.image_hash import is_hash
@@ -29,7 +30,7 @@ from openwit.pipeline.shards.writer import StageImages, WriteShards
 def _light(shard_and_sample):
     shard, sample = shard_and_sample
     return {"key": sample["key"], "shard": shard, "queries": sample["queries"],
-            "phash": sample["phash"], "new": True}
+            "hashes": hashes_of(sample), "new": True}
 
 
 def _unless_dropped(key, parts):
@@ -115,15 +116,16 @@ class ImageHalf(beam.PTransform):
         hex_length = config.download.hasher.hex_length
         completed_nodes = (
             (written | "Nodes of completed shards" >> beam.Map(
-                lambda s: (s["key"], s["shard"], s["phash"])),
+                lambda s: (s["key"], s["shard"], hashes_of(s))),
              plan.reused | "Grouped drops of completed shards" >> beam.FlatMap(
                 read_grouped_drops(output)))
             | "Completed nodes" >> beam.Flatten()
-            | "Of this hash" >> beam.Filter(lambda node: is_hash(node[2], hex_length))
+            | "Of this hash" >> beam.Filter(
+                lambda node: all(is_hash(value, hex_length) for value in node[2]))
         )
         near_duplicates = (
             distinct
-            | "Node of each" >> beam.Map(lambda s: (s["key"], s["shard"], s["phash"]))
+            | "Node of each" >> beam.Map(lambda s: (s["key"], s["shard"], s["hashes"]))
             | "Find near-duplicates" >> FindNearDuplicates(
                 config.dedup, config.download.hasher.bits, written=completed_nodes,
                 eval_hashes=eval_hashes)

@@ -174,7 +174,8 @@ class WriteShardFn(beam.DoFn):
         for sample in sorted(parts["samples"], key=lambda s: s["key"]):
             if sample["key"] in drops:
                 failures.append({**drops[sample["key"]], "url": sample["url"],
-                                 "caption": sample["caption"], "phash": sample.get("phash")})
+                                 "caption": sample["caption"], "phash": sample.get("phash"),
+                                 "phash_crops": sample.get("phash_crops")})
             else:
                 written.append(sample)
         failures.sort(key=lambda f: (f["key"] or "", f["stage"]))

@@ -11,8 +11,8 @@ Held-out evaluation images are disjoint from the corpus by construction: every
 item seed is a 63-bit hash shifted left by one bit, with the low bit 0 for
 corpus items and 1 for evaluation items (see :func:`item_seed`), and their
 attribute streams are named differently.  Only the sampling distribution is
-shared, except in the "eval_copy" rows: re-encoded or resized copies of evaluation images,
-planted on purpose so that decontamination (`--exclude-images`) has something to find.
+shared, except in the "eval_copy" rows: re-encoded, resized or cropped copies of evaluation
+images, planted on purpose so that decontamination (`--exclude-images`) has something to find.
 """
 
 from __future__ import annotations
@@ -447,11 +447,14 @@ def _plan_eval_copies(config: WorldConfig, kinds: list[str],
 
 
 def _copy_edit(spec: ItemSpec, rng: random.Random) -> ItemSpec:
-    """An evaluation image re-encoded or resized, as a web copy of it would be."""
-    if rng.random() < 0.5:
+    """An evaluation image re-encoded, resized or lightly cropped, as a web copy of it would be."""
+    edit = rng.choice(("requality", "resize", "crop"))
+    if edit == "requality":
         qualities = [quality for quality in range(55, 96) if abs(quality - spec.quality) >= 10]
         return replace(spec, image_format="jpeg", quality=rng.choice(qualities))
-    return replace(spec, edit="resize", edit_amount=round(rng.uniform(0.6, 0.8), 3))
+    if edit == "resize":
+        return replace(spec, edit="resize", edit_amount=round(rng.uniform(0.6, 0.8), 3))
+    return replace(spec, edit="crop", edit_amount=round(rng.uniform(0.02, 0.05), 3))
 
 
 def _eval_copy_row(index: int, copy: tuple[str, ItemSpec], token: str, rng: random.Random,
