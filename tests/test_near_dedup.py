@@ -135,7 +135,8 @@ def views(value) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
-def assert_losers(expected, new, written=(), eval_hashes=None, distance=4, hot_bucket=2048):
+def assert_losers(expected, new, written=(), eval_hashes=None, distance=4, hot_bucket=2048,
+                  near_crops=True):
     """FindNearDuplicates on (key, shard, hash or hashes) triples removes exactly `expected`,
     {key: (shard, reason, detail)}."""
     new = [(key, shard, views(value)) for key, shard, value in new]
@@ -147,7 +148,7 @@ def assert_losers(expected, new, written=(), eval_hashes=None, distance=4, hot_b
                    if eval_hashes is not None else None)
         removed = (pipeline | beam.Create(new)
                    | FindNearDuplicates(DedupConfig(near_distance=distance, eval_distance=distance,
-                                                  hot_bucket=hot_bucket),
+                                                  hot_bucket=hot_bucket, near_crops=near_crops),
                                         BITS, written=written_pc, eval_hashes=eval_pc)
                    | beam.Map(lambda kv: (kv[1]["key"], (kv[0], kv[1]["reason"], kv[1]["detail"]))))
         assert_that(removed, equal_to(sorted(expected.items())))
@@ -227,6 +228,15 @@ def test_a_sample_is_one_picture_with_another_when_any_of_their_views_are_close(
            ("e", 3, (h(0xFFFF << 48), h((0xFFFF << 48) ^ 1)))]
     assert_losers({"b": (1, Reason.NEAR_DUPLICATE, kept("a", 2)),
                    "d": (2, Reason.NEAR_DUPLICATE, kept("c", 0))}, new, distance=3)
+
+
+def test_by_default_only_whole_pictures_group_and_evaluation_images_use_every_view():
+    new = [("a", 0, (h(0xF0F0_F0F0 << 20), h(0x0F0F_0F0F))), ("b", 1, (h(0x0F0F_0F0F ^ 0b101),)),
+           ("c", 2, (h(0xFFFF << 48), h(0xAAAA)))]
+    assert_losers({}, new[:2], distance=3, near_crops=False)
+    assert_losers({"c": (2, Reason.EVAL_DUPLICATE,
+                         "Hamming distance 1 from evaluation image eval/1.jpg")},
+                  new, eval_hashes=[((h(0xAAAB),), "eval/1.jpg")], distance=3, near_crops=False)
 
 
 def test_groups_through_views_are_the_all_pairs_ones():

@@ -114,6 +114,7 @@ MISTAKES = [
     (BUILD + ["--hash-size", "64"], "the hash size must be in [4, 32]"),
     (BUILD + ["--hash-kind", "md5"], "argument --hash-kind: invalid choice: 'md5'"),
     (BUILD + ["--hash-views", "0"], "the number of hash views must be in [1, 21]"),
+    (BUILD + ["--near-duplicate-crops", "maybe"], "--near-duplicate-crops"),
     (BUILD + ["--exclude-images", "{tmp}/nowhere"],
      "--exclude-images: '{tmp}/nowhere' is neither a file nor a folder"),
     (DOWNLOAD + ["--hot-bucket", "1"], "--hot-bucket must be at least 2"),

@@ -78,6 +78,10 @@ class DedupConfig:
     # removed corpus image costs one sample of millions.
     eval_distance: int = 16
     hot_bucket: int = 2048  # hashes of one band value compared directly; more are sub-split
+    # Near-duplicates through the crop views too (evaluation images always use them). Off:
+    # on the mini-web the views find 0.97 of cropped copies but chain distinct pictures of
+    # self-similar shapes into one group (benchmarks/RESULTS.md).
+    near_crops: bool = False
     exclude_images: tuple[str, ...] = ()  # image folders, WebDataset shards, hash lists
 
 
@@ -214,6 +218,9 @@ def add_dedup_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(g, "--near-duplicate-distance", type=int, default=c.near_distance, metavar="BITS",
              help="images whose hashes differ in at most this many bits are one image (the "
                   "smallest key is kept); 0: identical hashes only")
+    add_flag(g, "--near-duplicate-crops", type=parse_flag, default=c.near_crops,
+             help="compare the hashes of the images' centre crops too, which finds lightly "
+                  "cropped copies (evaluation images are always compared so)")
     add_flag(g, "--eval-distance", type=int, default=c.eval_distance, metavar="BITS",
              help="images within this many bits of an --exclude-images image are removed")
     add_flag(g, "--hot-bucket", type=int, default=c.hot_bucket,
@@ -280,6 +287,7 @@ def image_half_config(args: argparse.Namespace, default_cap: int) -> ImageHalfCo
         dedup=DedupConfig(near_distance=args.near_duplicate_distance,
                           eval_distance=args.eval_distance,
                           hot_bucket=args.hot_bucket,
+                          near_crops=args.near_duplicate_crops,
                           exclude_images=tuple(args.exclude_images)),
     )
     config.validate()

@@ -10,9 +10,10 @@ and images within the distance of an evaluation image are removed.
       -> groups                      (a union-find over the links, one survivor per group)
       -> losers                      ((shard, failure record) for every removed new sample)
 
-A sample has several hashes (image_hash: the whole picture and its centre crops): two samples
-are one picture when any hash of one is within the distance of any hash of the other, which
-finds a lightly cropped copy.
+A sample has several hashes (image_hash: the whole picture and its centre crops). A sample
+close to an evaluation image by any of them is removed, which finds a lightly cropped copy.
+With `near_crops`, two samples are one picture when any hash of one is within the distance of
+any hash of the other; by default only their whole-picture hashes are compared.
 
 Never all pairs: two hashes within `distance` bits agree exactly on at least one of
 `distance + 1` bands, so only hashes that share a band value are compared. A band value that
@@ -318,8 +319,9 @@ class FindNearDuplicates(beam.PTransform):
     Input: (key, shard, hashes) triples of this run's samples, `hashes` a sample's views (the
     whole picture's hash first); `written`: the same of the samples of completed shards that
     took part in grouping (never removed); `eval_hashes`: (hashes, source) pairs.
-    Two samples are near-duplicates when any hash of one is within the distance of any hash of
-    the other.
+    A sample is close to an evaluation image when any of their hashes are within the eval
+    distance. Two samples are near-duplicates when their whole-picture hashes are within the
+    distance or, with `config.near_crops`, any hash of one and any hash of the other.
     Output: (shard, failure record) for every removed sample of this run.
     """
 
@@ -345,6 +347,9 @@ class FindNearDuplicates(beam.PTransform):
                 beam.pvalue.AsList(self._eval_hashes)).with_outputs("eval", main="kept")
             members = checked.kept
             removed.append(checked.eval)
+        if not c.near_crops:
+            members = members | "Whole pictures" >> beam.Map(
+                lambda member: (*member[:3], member[3][:1]))
         shared = (
             members
             | "Hashes" >> beam.FlatMap(_views)
