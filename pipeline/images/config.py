@@ -208,8 +208,8 @@ def add_hash_flags(group) -> None:
              help="hashes of SIZE x SIZE bits")
     add_flag(group, "--hash-views", type=int, default=d.hash_views, metavar="N",
              help="hashes per image: the whole picture, then N-1 centre crops 0.5%% a side "
-                  "apart (two images are near-duplicates when any of their hashes are close); "
-                  "1: the whole picture only")
+                  "apart (evaluation images, and with --near-duplicate-crops corpus images, "
+                  "match when any of their hashes are close); 1: the whole picture only")
 
 
 def add_dedup_flags(parser: argparse.ArgumentParser) -> None:

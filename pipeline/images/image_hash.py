@@ -61,6 +61,15 @@ class ImageHasher:
         return -(-self.bits // 4)
 
     @property
+    def dct_side(self) -> int:
+        return DCT_SCALE * self.size
+
+    @property
+    def base_side(self) -> int:
+        """The side of the grey square the views are cut from."""
+        return max(BASE_SIDE, 4 * self.dct_side)
+
+    @property
     def crops(self) -> tuple[float, ...]:
         """The crop of each view, a side, as a fraction of the picture's width and height."""
         return tuple(round(view * CROP_STEP, 4) for view in range(self.views))
@@ -81,8 +90,7 @@ class ImageHasher:
         import cv2
 
         grey = pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY)
-        dct_side = DCT_SCALE * self.size
-        side = max(BASE_SIDE, 4 * dct_side)
+        dct_side, side = self.dct_side, self.base_side
         height, width = grey.shape[:2]
         interpolation = cv2.INTER_AREA if height >= side and width >= side else cv2.INTER_LINEAR
         # A centre crop commutes with the squashing resize: every view is cut from one square,
@@ -108,7 +116,7 @@ class ImageHasher:
         raises on bytes that are not an image."""
         from PIL import Image, ImageOps
 
-        side = max(BASE_SIDE, 4 * DCT_SCALE * self.size)
+        side = self.base_side
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:

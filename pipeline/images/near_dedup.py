@@ -252,9 +252,9 @@ def _closest(hashes, others) -> int:
     return min(hamming(a, b) for a in hashes for b in others)
 
 
-def _losers(member, roots, survivor_hashes):
+def _losers(member, roots: _Roots, survivor_hashes):
     key, shard, is_new, hashes = member
-    survivor = roots.get(key)
+    survivor = roots.of.get(key)
     if not is_new or survivor is None:
         return
     yield shard, failure({"key": key}, Stage.DEDUP_IMAGE, Reason.NEAR_DUPLICATE,
@@ -371,6 +371,5 @@ class FindNearDuplicates(beam.PTransform):
         survivor_hashes = members | "Hashes of survivors" >> beam.FlatMap(
             _hashes_of_survivors, beam.pvalue.AsSingleton(roots))
         removed.append(members | "Losers" >> beam.FlatMap(
-            lambda member, roots, hashes: _losers(member, roots.of, hashes),
-            beam.pvalue.AsSingleton(roots), beam.pvalue.AsDict(survivor_hashes)))
+            _losers, beam.pvalue.AsSingleton(roots), beam.pvalue.AsDict(survivor_hashes)))
         return removed | "Removed" >> beam.Flatten()
