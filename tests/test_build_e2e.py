@@ -95,6 +95,9 @@ def test_every_row_is_written_or_failed_exactly_once(web, corpus):
     assert stats["written"] == len(written)
     assert stats["accounting_problems"] == []
     assert_accounted(corpus)
+    # The README's one line reads the whole folder: it holds failure parquet files only.
+    assert (pq.read_table(str(corpus / "failures")).num_rows
+            == sum(len(ends) for ends in failures.values()))
 
 
 def test_a_candidate_lost_on_purpose_fails_the_accounting(corpus, tmp_path):
@@ -199,13 +202,17 @@ def test_near_duplicates_keep_one_of_each_picture_and_merge_nothing_else(web, co
         assert kept in written
         # No merge of two different pictures: the kept one shows the same scene.
         assert family(rows[key]) == family(rows[kept]), (rows[key], rows[kept])
-    # Every re-encoded or resized copy whose source was written is gone (crops: only with
-    # --near-duplicate-crops; RESULTS.md measures both).
+    # Every re-encoded or resized copy whose source was written is gone, and nearly every
+    # cropped one (the crop views find 0.97 of them on the mini-web: RESULTS.md).
     written_urls = {rows[k]["url"] for k in written}
+    crops = []
     for row in rows.values():
-        if (row["kind"] == "near_dup" and edits[row["url"]] != "crop"
-                and row["duplicate_of"] in written_urls):
-            assert row["key"] not in written, row
+        if row["kind"] == "near_dup" and row["duplicate_of"] in written_urls:
+            if edits[row["url"]] == "crop":
+                crops.append(row["key"] not in written)
+            else:
+                assert row["key"] not in written, row
+    assert crops and sum(crops) >= 0.9 * len(crops), crops
 
 
 def test_copies_of_an_evaluation_set_never_reach_a_shard(web, corpus, tmp_path):

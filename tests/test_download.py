@@ -10,6 +10,7 @@ from PIL import Image
 
 from helpers import Route, beam_test_pipeline, bomb_png, jpeg_bytes, png_bytes
 from openwit.pipeline.images.config import DownloadConfig
+from openwit.pipeline.images.image_hash import is_colour
 from openwit.pipeline.images.download import DownloadImages, ImageProcessor, is_complete, load_img2dataset
 from openwit.pipeline.core.records import Reason, Stage, sample_key
 
@@ -31,6 +32,8 @@ def test_valid_jpeg_is_resized_and_hashed(process):
     assert len(fields["phash"]) == DownloadConfig().hasher.hex_length
     assert len(fields["phash_crops"]) == DownloadConfig().hash_views - 1
     assert all(len(value) == DownloadConfig().hasher.hex_length for value in fields["phash_crops"])
+    assert len(fields["colours"]) == DownloadConfig().hash_views
+    assert all(is_colour(value) for value in fields["colours"])
     with Image.open(io.BytesIO(fields["jpg"])) as image:
         assert image.format == "JPEG" and image.size == (64, 64)
 

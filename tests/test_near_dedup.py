@@ -21,11 +21,21 @@ from openwit.pipeline.core.errors import ConfigError
 from openwit.pipeline.core.records import Reason
 from openwit.pipeline.images import eval_set
 from openwit.pipeline.images.config import DedupConfig
-from openwit.pipeline.images.image_hash import ImageHasher, bands, hamming, to_words
+from openwit.pipeline.images.image_hash import (
+    COLOUR_VALUES,
+    UNKNOWN_COLOUR,
+    ImageHasher,
+    bands,
+    colour_levels,
+    colours_close,
+    hamming,
+    to_words,
+)
 from openwit.pipeline.images.near_dedup import (
     EvalIndex,
     FindNearDuplicates,
     close_pairs,
+    colour_pairs,
     near_pairs,
 )
 
@@ -135,12 +145,26 @@ def views(value) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
+def colour(*values: int) -> str:
+    """A colour code whose every cell value is `values[0]`, or the values given, cell by cell."""
+    cells = list(values) if len(values) > 1 else list(values) * COLOUR_VALUES
+    return bytes(cells).hex()
+
+
+def node(sample):
+    """(key, shard, hash or hashes[, colour or colours]) -> the stage's (key, shard, hashes,
+    colours); no colour: None, compared by hash alone."""
+    key, shard, value, *rest = sample
+    colours = views(rest[0]) if rest and rest[0] is not None else None
+    return key, shard, views(value), colours
+
+
 def assert_losers(expected, new, written=(), eval_hashes=None, distance=4, hot_bucket=2048,
-                  near_crops=True):
-    """FindNearDuplicates on (key, shard, hash or hashes) triples removes exactly `expected`,
-    {key: (shard, reason, detail)}."""
-    new = [(key, shard, views(value)) for key, shard, value in new]
-    written = [(key, shard, views(value)) for key, shard, value in written]
+                  near_crops=True, colour_step=4):
+    """FindNearDuplicates on (key, shard, hash or hashes[, colours]) removes exactly
+    `expected`, {key: (shard, reason, detail)}."""
+    new = [node(sample) for sample in new]
+    written = [node(sample) for sample in written]
     with TestPipeline(runner="DirectRunner") as pipeline:
         written_pc = pipeline | "Written" >> beam.Create(written)
         eval_pc = (pipeline | "Eval" >> beam.Create(
@@ -148,7 +172,8 @@ def assert_losers(expected, new, written=(), eval_hashes=None, distance=4, hot_b
                    if eval_hashes is not None else None)
         removed = (pipeline | beam.Create(new)
                    | FindNearDuplicates(DedupConfig(near_distance=distance, eval_distance=distance,
-                                                  hot_bucket=hot_bucket, near_crops=near_crops),
+                                                  hot_bucket=hot_bucket, near_crops=near_crops,
+                                                  colour_step=colour_step),
                                         BITS, written=written_pc, eval_hashes=eval_pc)
                    | beam.Map(lambda kv: (kv[1]["key"], (kv[0], kv[1]["reason"], kv[1]["detail"]))))
         assert_that(removed, equal_to(sorted(expected.items())))
@@ -185,11 +210,18 @@ def test_samples_of_completed_shards_group_by_key_and_are_never_removed():
                   new, written=[("z", 0, h(1003))])
 
 
-def expected_by_all_pairs(samples, distance):
+def agree(a: str | None, b: str | None, step: int) -> bool:
+    """Colours agree: unknown, or no cell more than one level of `step` apart (by hand)."""
+    if a is None or b is None or not step:
+        return True
+    return all(abs(x // step - y // step) <= 1 for x, y in zip(bytes.fromhex(a), bytes.fromhex(b)))
+
+
+def expected_by_all_pairs(samples, distance, colour_step=4):
     """The losers, from an all-pairs search over every pair of views and a plain union-find:
-    the reference. `samples`: (key, shard, hash or hashes)."""
-    samples = [(key, shard, views(value)) for key, shard, value in samples]
-    parent = {key: key for key, _, _ in samples}
+    the reference. `samples`: (key, shard, hash or hashes[, colours])."""
+    samples = [node(sample) for sample in samples]
+    parent = {key: key for key, _, _, _ in samples}
 
     def find(key):
         while parent[key] != key:
@@ -199,13 +231,19 @@ def expected_by_all_pairs(samples, distance):
     def closest(a, b):
         return min(hamming(x, y) for x in a for y in b)
 
-    for (a, _, va), (b, _, vb) in itertools.combinations(samples, 2):
-        if closest(va, vb) <= distance:
+    def linked(a, colours_a, b, colours_b):
+        colours_a = colours_a or (None,) * len(a)
+        colours_b = colours_b or (None,) * len(b)
+        return any(hamming(x, y) <= distance and agree(cx, cy, colour_step)
+                   for x, cx in zip(a, colours_a) for y, cy in zip(b, colours_b))
+
+    for (a, _, va, ca), (b, _, vb, cb) in itertools.combinations(samples, 2):
+        if linked(va, ca, vb, cb):
             low, high = sorted((find(a), find(b)))
             parent[high] = low
-    views_of = {key: value for key, _, value in samples}
+    views_of = {key: value for key, _, value, _ in samples}
     return {key: (shard, Reason.NEAR_DUPLICATE, kept(find(key), closest(value, views_of[find(key)])))
-            for key, shard, value in samples if find(key) != key}
+            for key, shard, value, _ in samples if find(key) != key}
 
 
 def test_the_survivors_are_all_pairs_ones_whatever_the_order_or_bucket_size():
@@ -230,7 +268,7 @@ def test_a_sample_is_one_picture_with_another_when_any_of_their_views_are_close(
                    "d": (2, Reason.NEAR_DUPLICATE, kept("c", 0))}, new, distance=3)
 
 
-def test_by_default_only_whole_pictures_group_and_evaluation_images_use_every_view():
+def test_without_crops_only_whole_pictures_group_and_evaluation_images_use_every_view():
     new = [("a", 0, (h(0xF0F0_F0F0 << 20), h(0x0F0F_0F0F))), ("b", 1, (h(0x0F0F_0F0F ^ 0b101),)),
            ("c", 2, (h(0xFFFF << 48), h(0xAAAA)))]
     assert_losers({}, new[:2], distance=3, near_crops=False)
@@ -250,6 +288,96 @@ def test_groups_through_views_are_the_all_pairs_ones():
     assert_losers(expected, list(reversed(samples)), hot_bucket=2)
 
 
+def test_identical_hashes_of_other_colours_are_other_pictures():
+    # One grey pattern in three colours (a red, a black and a blue disc on paper hash alike),
+    # and a re-encoded red one whose cells moved by a level at most.
+    red, red_again, black, blue = colour(200), colour(*[203] * 20 + [196] * 7), colour(20), colour(120)
+    new = [("a", 0, h(7), red), ("b", 1, h(7), black), ("c", 2, h(7 ^ 1), red_again),
+           ("d", 3, h(7), blue), ("e", 4, h(7), None)]
+    # e's colour is unknown (a record without one): it joins by hash alone, with everything.
+    assert_losers({"c": (2, Reason.NEAR_DUPLICATE, kept("a", 1))}, new[:4])
+    assert_losers({key: (shard, Reason.NEAR_DUPLICATE, kept("a", int(key == "c")))
+                   for key, shard, *_ in new[1:]}, new)
+    # A step of 0: hashes alone.
+    assert_losers({key: (shard, Reason.NEAR_DUPLICATE, kept("a", int(key == "c")))
+                   for key, shard, *_ in new[1:4]}, new[:4], colour_step=0)
+    # Each view has its own colour: b's crop view is a's whole picture in a's colour.
+    assert_losers({"b": (1, Reason.NEAR_DUPLICATE, kept("a", 0))},
+                  [new[0], ("b", 1, (h(7), h(99)), (black, red))])
+
+
+def test_groups_through_views_and_colours_are_the_all_pairs_ones():
+    rng = random.Random(12)
+    centres = clustered_hashes(4, BITS, clusters=10, per_cluster=4, spread=5)
+    palette = [colour(*[rng.choice((60, 61, 64, 68, 120)) for _ in range(COLOUR_VALUES)])
+               for _ in range(6)]
+    samples = []
+    for i in range(50):
+        count = rng.randint(1, 3)
+        colours = None if i % 11 == 0 else tuple(rng.choice(palette) for _ in range(count))
+        samples.append((f"s{i:03d}", i % 3, tuple(rng.sample(centres, count)), colours))
+    expected = expected_by_all_pairs(samples, 4)
+    assert expected and expected != expected_by_all_pairs(samples, 4, colour_step=0)
+    assert_losers(expected, samples)
+    assert_losers(expected, list(reversed(samples)), hot_bucket=2)
+
+
+def random_levels(rng, rows: int, spread: int) -> np.ndarray:
+    centres = rng.integers(0, 60, (max(1, rows // 8), COLOUR_VALUES))
+    noise = rng.integers(-spread, spread + 1, (rows, COLOUR_VALUES))
+    return np.clip(centres[rng.integers(0, len(centres), rows)] + noise, 0, 63).astype(np.int16)
+
+
+def all_colour_pairs(levels):
+    agree = colours_close(levels[:, None], levels[None, :])
+    return {(i, j) for i, j in zip(*np.nonzero(agree)) if i < j}
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32), rows=st.integers(2, 300), spread=st.integers(0, 2),
+       hot_bucket=st.sampled_from([2, 5, 64, 2048]), unknown=st.integers(0, 3))
+def test_colour_pairs_are_exactly_the_agreeing_pairs(seed, rows, spread, hot_bucket, unknown):
+    rng = np.random.default_rng(seed)
+    levels = random_levels(rng, rows, spread)
+    levels[rng.choice(rows, min(unknown, rows), replace=False)] = UNKNOWN_COLOUR
+    found = {(min(i, j), max(i, j)) for r, c in colour_pairs(levels, hot_bucket)
+             for i, j in zip(r.tolist(), c.tolist())}
+    assert found == all_colour_pairs(levels)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32), distance=st.integers(0, 8),
+       hot_bucket=st.sampled_from([2, 8, 2048]))
+def test_bands_with_colours_find_exactly_the_all_pairs_pairs(seed, distance, hot_bucket):
+    hashes = clustered_hashes(seed, 64, clusters=5, per_cluster=8, spread=distance + 2)
+    levels = random_levels(np.random.default_rng(seed), len(hashes), 1)
+    expected = {(i, j) for i, j in all_pairs(hashes, distance)
+                if colours_close(levels[i], levels[j])}
+    assert near_pairs(hashes, 64, distance, hot_bucket, levels) == expected
+
+
+def test_one_flat_picture_in_thousands_of_colours_is_split_on_colour_not_compared_all_pairs(
+        monkeypatch):
+    # Blank pictures of every colour share one pHash: a hot bucket that only colour tells
+    # apart. Splitting on the widest cell value compares a small part of the pairs.
+    from openwit.pipeline.images import near_dedup
+
+    rng = np.random.default_rng(5)
+    flat = rng.integers(0, 64, (4000, 3))
+    levels = np.tile(flat, (1, COLOUR_VALUES // 3)).astype(np.int16)
+    compared = []
+    real = near_dedup.colours_close
+    monkeypatch.setattr(near_dedup, "colours_close",
+                        lambda a, b: compared.append(a.size // COLOUR_VALUES * b.shape[-2]
+                                                     if a.ndim == 3 else len(a)) or real(a, b))
+    words = to_words([h(5)] * len(levels), BITS)
+    found = {(min(i, j), max(i, j)) for rows, cols in
+             close_pairs(words, BITS, 4, hot_bucket=64, levels=levels)
+             for i, j in zip(rows.tolist(), cols.tolist())}
+    assert compared and sum(compared) < 0.1 * len(levels) ** 2 / 2
+    assert found == all_colour_pairs(levels) and found
+
+
 def test_copies_of_evaluation_images_are_removed_before_grouping():
     new = [("a", 0, h(0xF0F0)), ("b", 0, h(0xF0F4)), ("c", 1, h(0xFFFF_0000_0000_0000))]
     # b is 1 bit from a but 3 from the evaluation image: a is gone, so b survives.
@@ -260,7 +388,8 @@ def test_copies_of_evaluation_images_are_removed_before_grouping():
 def test_evaluation_images_have_their_own_wider_distance():
     new = [("a", 0, h(0b1111)), ("b", 1, h(0xFF00_0000))]
     with TestPipeline(runner="DirectRunner") as pipeline:
-        removed = (pipeline | beam.Create([(key, shard, (value,)) for key, shard, value in new])
+        removed = (pipeline | beam.Create([(key, shard, (value,), None)
+                                           for key, shard, value in new])
                    | FindNearDuplicates(DedupConfig(near_distance=2, eval_distance=4), BITS,
                                         eval_hashes=pipeline | "Eval" >> beam.Create(
                                             [((h(0),), "eval/0.jpg")]))
@@ -427,3 +556,57 @@ def test_an_out_of_range_view_count_is_refused():
     assert ImageHasher("phash", 16, 0).validate()
     assert ImageHasher("phash", 16, 22).validate()
     assert ImageHasher("phash", 16, 21).validate() is None
+
+
+def disc(bgr, radius=60, size=(240, 200), paper=(236, 240, 244)) -> np.ndarray:
+    import cv2
+
+    picture = np.empty((size[1], size[0], 3), dtype=np.uint8)
+    picture[:] = paper
+    cv2.circle(picture, (size[0] // 2, size[1] // 2), radius, bgr, -1, lineType=cv2.LINE_AA)
+    return picture
+
+
+def reencoded(picture: np.ndarray, quality=70) -> np.ndarray:
+    import cv2
+
+    ok, data = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.imdecode(data, cv2.IMREAD_COLOR)
+
+
+def test_discs_of_two_colours_hash_alike_and_their_colours_tell_them_apart():
+    hasher, step = ImageHasher("phash", 16, 12), DedupConfig().colour_step
+    red, black = disc((40, 40, 210)), disc((25, 25, 25))
+    hashes_red, hashes_black = hasher.of_pixels(red), hasher.of_pixels(black)
+    assert hamming(hashes_red[0], hashes_black[0]) <= DedupConfig().near_distance
+    levels_red = colour_levels(hasher.colours(red), step)
+    levels_black = colour_levels(hasher.colours(black), step)
+    assert not colours_close(levels_red, levels_black).any()
+    # A re-encoded copy agrees view by view.
+    assert colours_close(levels_red, colour_levels(hasher.colours(reencoded(red)), step)).all()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_cropped_copy_agrees_in_colour_with_the_view_its_hash_is_close_to(seed):
+    hasher, config = ImageHasher("phash", 16, 12), DedupConfig()
+    picture = smooth_picture(seed)
+    height, width = picture.shape[:2]
+    crop = 0.02 + 0.01 * seed
+    dx, dy = round(width * crop), round(height * crop)
+    copy = reencoded(picture[dy:height - dy, dx:width - dx])
+    original, cropped = hasher.of_pixels(picture), hasher.of_pixels(copy)
+    view = min(range(hasher.views), key=lambda v: hamming(cropped[0], original[v]))
+    assert hamming(cropped[0], original[view]) <= config.near_distance
+    levels = colour_levels(hasher.colours(picture), config.colour_step)
+    copy_levels = colour_levels(hasher.colours(copy), config.colour_step)
+    assert colours_close(levels[view], copy_levels[0])
+
+
+def test_colours_are_one_code_per_view_and_a_grey_picture_has_neutral_cells():
+    hasher = ImageHasher("phash", 16, 5)
+    grey = np.full((50, 70), 128, dtype=np.uint8)
+    codes = hasher.colours(grey)
+    assert len(codes) == 5 and len(set(codes)) == 1
+    cells = np.frombuffer(bytes.fromhex(codes[0]), np.uint8).reshape(COLOUR_VALUES // 3, 3)
+    assert (cells[:, 1:] == 128).all()  # a* and b* of grey: zero, offset by 128
+    assert codes == hasher.colours(np.stack([grey] * 3, axis=-1))

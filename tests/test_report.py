@@ -377,7 +377,7 @@ DEDUP_STAGE = {"stage": "dedup_image", "in": 11000, "kept": 10870,
 
 
 def removed_tar() -> bytes:
-    """failures/shard-000000-removed.tar as the shard writer lays it out: KEY.jpg, KEY.json."""
+    """removed/000000.tar as the shard writer lays it out: KEY.jpg, KEY.json."""
     members = {}
     for key, (reason, detail, colour) in REMOVED.items():
         record = {"key": key, "url": HOSTILE_URL if key.endswith("a1") else f"http://a.test/{key}",
@@ -398,12 +398,13 @@ def write_dedup_corpus(folder) -> None:
     stats["failures_by_reason"] = _reasons(stats["stages"])
     stats["duplicates_removed"] = {"url": 50, "identical_image": 100, "near_duplicate": 17,
                                    "eval_duplicate": 13}
-    stats["config"] = {"dedup": {"near_distance": 8},
+    stats["config"] = {"dedup": {"near_distance": 8, "near_crops": True, "colour_step": 4},
                        "excluded_images": {"hashed": 250, "unreadable": 2, "unreadable_examples": [
                            ["eval/broken.png", "cannot identify image file"],
                            ["eval/<i>empty</i>.jpg", "empty file"]]}}
     (folder / "stats.json").write_text(json.dumps(stats))
-    (folder / "failures" / "shard-000000-removed.tar").write_bytes(removed_tar())
+    (folder / "removed").mkdir()
+    (folder / "removed" / "000000.tar").write_bytes(removed_tar())
 
 
 def section_of(page: str, anchor: str) -> str:
@@ -448,7 +449,8 @@ def test_dedup_section_shows_counts_kept_and_removed_images_and_distances(dedup_
     assert "Counts from stats.json&#x27;s duplicates_removed" in section
     assert "250 images hashed, 2 unreadable; 13 copies" in section
     assert "eval/broken.png (cannot identify image file)" in section
-    assert "at most 8 bits apart" in section
+    assert "at most 8 bits apart" in section and "any of its centre crops" in section
+    assert "within one level of 4" in section
     assert "not available" not in section
 
     shown = thumbnails(section)
@@ -478,7 +480,7 @@ def test_dedup_examples_escape_captions_urls_and_sources(dedup_corpus):
 
 
 def test_dedup_without_a_removed_file_says_so(dedup_corpus):
-    (dedup_corpus / "failures" / "shard-000000-removed.tar").unlink()
+    (dedup_corpus / "removed" / "000000.tar").unlink()
     page = render_report(ReportConfig(corpus=str(dedup_corpus)))
     section = section_of(page, "duplicates")
     assert "Duplicate examples: not available (no removed-example files" in section
@@ -489,7 +491,7 @@ def test_dedup_without_a_removed_file_says_so(dedup_corpus):
 
 @pytest.mark.parametrize("damage", ["garbage", "empty", "cut"])
 def test_dedup_with_a_broken_removed_file_says_so(dedup_corpus, damage):
-    path = dedup_corpus / "failures" / "shard-000000-removed.tar"
+    path = dedup_corpus / "removed" / "000000.tar"
     data = {"garbage": b"this is not a tar file " * 40, "empty": b"",
             "cut": removed_tar()[:700]}[damage]  # inside the first image
     path.write_bytes(data)
@@ -510,7 +512,7 @@ def test_dedup_shows_what_it_can_when_images_are_broken_missing_or_too_large(
     members["f0000000000000a2.jpg"] = b"\xff\xd8 not really a jpeg"
     members["f0000000000000e1.jpg"] = _jpeg((1, 2, 3), size=(1200, 1200))  # the largest
     members["f0000000000000b1.json"] = b"{not json"
-    (dedup_corpus / "failures" / "shard-000000-removed.tar").write_bytes(_tar(members))
+    (dedup_corpus / "removed" / "000000.tar").write_bytes(_tar(members))
     (dedup_corpus / "shards" / "000001.tar").unlink()  # where KEPT_ACROSS is
     monkeypatch.setattr(report, "MAX_TAR_MEMBER_BYTES", len(members["f0000000000000e1.jpg"]) - 1)
 

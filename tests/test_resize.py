@@ -17,7 +17,7 @@ from PIL import Image
 
 from openwit.pipeline.core.records import Reason
 from openwit.pipeline.images import download, resize
-from openwit.pipeline.images.image_hash import hamming
+from openwit.pipeline.images.image_hash import colour_levels, colours_close, hamming
 from openwit.pipeline.images.config import RESIZE_MODES, DedupConfig, DownloadConfig
 from openwit.pipeline.images.download import ImageProcessor, load_img2dataset
 
@@ -175,6 +175,10 @@ def test_the_hash_is_of_the_whole_picture_as_an_evaluation_file_is_hashed(
     found = [hamming(value, from_file) for value, from_file in
              zip([fields["phash"], *fields["phash_crops"]], as_a_file, strict=True)]
     assert sorted(found)[len(found) // 2] <= 4 and max(found) <= DedupConfig().near_distance
+    # The colours of the views agree with the file's as the dedup stage compares them.
+    step = DedupConfig().colour_step
+    assert colours_close(colour_levels(fields["colours"], step),
+                         colour_levels(DownloadConfig().hasher.colours(picture), step)).all()
 
 
 @pytest.mark.parametrize("mode", ["no", "keep_ratio_largest"])

@@ -40,6 +40,7 @@ def sample(i, image=None):
         "jpg": data, "width": 64, "height": 64, "original_width": 64, "original_height": 64,
         "original_bytes": len(data), "sha256": f"sha-{i}", "phash": "0" * 16,
         "phash_crops": ["1" * 16, "2" * 16],
+        "colours": ["80" * 27] * 3,
     }
 
 
@@ -208,7 +209,7 @@ def test_stale_shard_files():
 def test_parquet_bytes_roundtrip():
 
     rows = [{"key": "a", "url": None, "caption": "c", "stage": "read", "reason": "r",
-             "detail": "", "phash": None, "phash_crops": None}]
+             "detail": "", "phash": None, "phash_crops": None, "colours": None}]
     assert pq.read_table(io.BytesIO(storage.encode_parquet(rows, FAILURE_SCHEMA))).to_pylist() == rows
 
 

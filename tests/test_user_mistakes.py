@@ -115,6 +115,8 @@ MISTAKES = [
     (BUILD + ["--hash-kind", "md5"], "argument --hash-kind: invalid choice: 'md5'"),
     (BUILD + ["--hash-views", "0"], "the number of hash views must be in [1, 21]"),
     (BUILD + ["--near-duplicate-crops", "maybe"], "--near-duplicate-crops"),
+    (BUILD + ["--near-duplicate-colour-step", "-1"],
+     "--near-duplicate-colour-step must be in [0, 128]"),
     (BUILD + ["--exclude-images", "{tmp}/nowhere"],
      "--exclude-images: '{tmp}/nowhere' is neither a file nor a folder"),
     (DOWNLOAD + ["--hot-bucket", "1"], "--hot-bucket must be at least 2"),

@@ -42,9 +42,8 @@ from openwit.pipeline.core.layout import (
     FAILURES_FOLDER,
     METRICS_FILE,
     QUERY_COUNTS_FILE,
-    REMOVED_SUFFIX,
+    REMOVED_FOLDER,
     RUN_FILE,
-    SHARD_FAILURES_PREFIX,
     SHARDS_FOLDER,
     STATS_FILE,
     shard_name,
@@ -439,7 +438,7 @@ def _record_key(item: tuple[RemovedRecord, object]) -> str:
 def _load_removed_examples(folder: str) -> RemovedExamples | Unavailable:
     """A few near-duplicate groups (the kept image and those it removed) and evaluation copies,
     from the shards' removed-example files, read in name order until there are enough."""
-    pattern = storage.join(folder, FAILURES_FOLDER, f"{SHARD_FAILURES_PREFIX}-*{REMOVED_SUFFIX}")
+    pattern = storage.join(folder, REMOVED_FOLDER, "*.tar")
     paths = storage.glob(pattern)
     if not paths:
         return Unavailable(f"no removed-example files ({pattern}); corpora built before they "
@@ -1057,11 +1056,17 @@ def _evaluation_set_note(stats: dict, counts: dict[str, int]) -> str:
 
 
 def _near_distance_note(stats: dict) -> str:
-    distance = ((stats.get("config") or {}).get("dedup") or {}).get("near_distance")
+    dedup = (stats.get("config") or {}).get("dedup") or {}
+    distance, crops, step = dedup.get("near_distance"), dedup.get("near_crops"), dedup.get("colour_step")
     if not isinstance(distance, int):
         return ""
-    return _paragraph(f"Near-duplicate threshold: perceptual hashes at most {distance} bits "
-                      "apart (Hamming distance) count as one image.")
+    views = ("the whole picture or any of its centre crops" if crops
+             else "the whole picture")
+    colour = (f", and whose colours agree (the mean L*a*b* of each cell of a 3x3 grid within "
+              f"one level of {step})" if isinstance(step, int) and step else "")
+    return _paragraph(f"Near-duplicate threshold: two images count as one when perceptual "
+                      f"hashes of {views} are at most {distance} bits apart (Hamming "
+                      f"distance){colour}.")
 
 
 def _thumbnail(picture: Picture, lines: list[str]) -> str:
@@ -1118,7 +1123,7 @@ def _removed_examples_html(examples: RemovedExamples | Unavailable,
     body = _paragraph(
         "Chosen by key from the first "
         f"{examples.files_read} of {examples.files_total} removed-example files "
-        f"({FAILURES_FOLDER}/{SHARD_FAILURES_PREFIX}-NNNNNN{REMOVED_SUFFIX}, which hold the "
+        f"({REMOVED_FOLDER}/NNNNNN.tar, which hold the "
         "first few of each shard); the distance is between perceptual hashes.")
     body += ("<h4>Near-duplicates: the kept image and those it removed</h4>"
              + _examples_html("near-duplicate examples", _near_groups_html(examples.groups),

@@ -13,9 +13,10 @@ Three folders have a fixed shape, and each name below is defined here and nowher
         curated.parquet/part-*.parquet CURATED_SCHEMA (`openwit curate`)
         failures/text-STAGE-*.parquet  FAILURE_SCHEMA: every candidate dropped before download
         failures/shard-NNNNNN.parquet  FAILURE_SCHEMA: every candidate of the shard dropped later
-        failures/shard-NNNNNN-removed.tar  KEY.jpg, KEY.json (its failure record) of the first
+        removed/NNNNNN.tar             KEY.jpg, KEY.json (its failure record) of the first
                                        REMOVED_EXAMPLES near or evaluation duplicates of the
                                        shard by key: what the report shows beside the kept image
+                                       (not under failures/, which holds parquet only)
         _work/matched-*.parquet        MATCHED_SCHEMA; curation's spill, removed on success
 
     query table folder (`openwit queries`)
@@ -57,7 +58,7 @@ STAGED_FOLDER = "_staged"
 MATCHED_PREFIX = "matched"
 SHARD_NAME_DIGITS = 6
 SHARD_STATS_SUFFIX = "_stats.json"
-REMOVED_SUFFIX = "-removed.tar"
+REMOVED_FOLDER = "removed"
 REMOVED_EXAMPLES = 8  # per shard
 
 SAMPLE_SCHEMA = pa.schema(
@@ -77,6 +78,8 @@ SAMPLE_SCHEMA = pa.schema(
         ("phash", pa.string()),
         # The hashes of the picture's centre crops (image_hash: "views"), for near-duplicates.
         ("phash_crops", pa.list_(pa.string())),
+        # The colour of each view, whole picture first (image_hash: ImageHasher.colours).
+        ("colours", pa.list_(pa.string())),
     ]
 )
 SAMPLE_FIELDS = tuple(SAMPLE_SCHEMA.names)  # KEY.json holds exactly these
@@ -116,6 +119,7 @@ FAILURE_SCHEMA = pa.schema(
         # near-duplicates with the dropped samples of completed shards, as the first run did.
         ("phash", pa.string()),
         ("phash_crops", pa.list_(pa.string())),
+        ("colours", pa.list_(pa.string())),
     ]
 )
 FAILURE_FIELDS = tuple(FAILURE_SCHEMA.names)
@@ -135,8 +139,7 @@ def shard_paths(output: str, index: int) -> dict[str, str]:
         "stats": storage.join(folder, f"{name}{SHARD_STATS_SUFFIX}"),
         "failures": storage.join(output, FAILURES_FOLDER,
                                  f"{SHARD_FAILURES_PREFIX}-{name}.parquet"),
-        "removed": storage.join(output, FAILURES_FOLDER,
-                                f"{SHARD_FAILURES_PREFIX}-{name}{REMOVED_SUFFIX}"),
+        "removed": storage.join(output, REMOVED_FOLDER, f"{name}.tar"),
     }
 
 

@@ -13,7 +13,8 @@ stages):
 
 After download a sample also carries `jpg` (bytes), width, height, original_width,
 original_height, sha256 (of the downloaded bytes, as img2dataset computes it), phash (the
-perceptual hash of the whole picture) and phash_crops (those of its centre crops).
+perceptual hash of the whole picture), phash_crops (those of its centre crops) and colours
+(the colour of each of those views, whole picture first).
 
 A failure is a dict with the fields of `layout.FAILURE_SCHEMA`, made by `failure()` and by
 nothing else; every stage that drops a candidate emits one, so the failures folder accounts
@@ -125,12 +126,20 @@ def failure(candidate: dict, stage: str, reason: str, detail: str = "") -> dict:
         "detail": detail[:500],
         "phash": candidate.get("phash"),
         "phash_crops": candidate.get("phash_crops"),
+        "colours": candidate.get("colours"),
     }
 
 
 def hashes_of(record: dict) -> tuple[str, ...]:
     """A sample's or failure record's perceptual hashes: the whole picture's, then its crops'."""
     return (record["phash"], *(record.get("phash_crops") or ()))
+
+
+def colours_of(record: dict) -> tuple[str, ...] | None:
+    """The colour of each of a record's hash views, or None when the record has none (made
+    before openwit kept them: its sample is then compared by hash alone)."""
+    colours = record.get("colours")
+    return tuple(colours) if colours else None
 
 
 # An opt-out's detail names what opted out first ("noai, noimageai" or "robots.txt"), then the

@@ -78,10 +78,13 @@ class DedupConfig:
     # removed corpus image costs one sample of millions.
     eval_distance: int = 16
     hot_bucket: int = 2048  # hashes of one band value compared directly; more are sub-split
-    # Near-duplicates through the crop views too (evaluation images always use them). Off:
-    # on the mini-web the views find 0.97 of cropped copies but chain distinct pictures of
-    # self-similar shapes into one group (benchmarks/RESULTS.md).
-    near_crops: bool = False
+    # Near-duplicates through the crop views too (evaluation images always use them): they
+    # find lightly cropped copies, which a whole-picture hash misses (benchmarks/RESULTS.md).
+    near_crops: bool = True
+    # Two corpus views are one picture's only when their colours (image_hash: a grid of mean
+    # L*a*b*) agree within one level of this step too; 0: the hashes alone decide. Evaluation
+    # images are compared by hash alone: a missed copy costs more than a lost sample.
+    colour_step: int = 4
     exclude_images: tuple[str, ...] = ()  # image folders, WebDataset shards, hash lists
 
 
@@ -109,6 +112,8 @@ class ImageHalfConfig:
             raise ConfigError(f"--near-duplicate-distance must be in [0, {d.hasher.bits // 2})")
         if not 0 <= self.dedup.eval_distance < d.hasher.bits // 2:
             raise ConfigError(f"--eval-distance must be in [0, {d.hasher.bits // 2})")
+        if not 0 <= self.dedup.colour_step <= 128:
+            raise ConfigError("--near-duplicate-colour-step must be in [0, 128]")
         if self.dedup.hot_bucket < 2:
             raise ConfigError("--hot-bucket must be at least 2")
         if self.cap.per_query_cap < 1:
@@ -208,8 +213,8 @@ def add_hash_flags(group) -> None:
              help="hashes of SIZE x SIZE bits")
     add_flag(group, "--hash-views", type=int, default=d.hash_views, metavar="N",
              help="hashes per image: the whole picture, then N-1 centre crops 0.5%% a side "
-                  "apart (evaluation images, and with --near-duplicate-crops corpus images, "
-                  "match when any of their hashes are close); 1: the whole picture only")
+                  "apart (two images match when any of their hashes are close, which finds "
+                  "lightly cropped copies); 1: the whole picture only")
 
 
 def add_dedup_flags(parser: argparse.ArgumentParser) -> None:
@@ -219,8 +224,14 @@ def add_dedup_flags(parser: argparse.ArgumentParser) -> None:
              help="images whose hashes differ in at most this many bits are one image (the "
                   "smallest key is kept); 0: identical hashes only")
     add_flag(g, "--near-duplicate-crops", type=parse_flag, default=c.near_crops,
-             help="compare the hashes of the images' centre crops too, which finds lightly "
-                  "cropped copies (evaluation images are always compared so)")
+             help="compare the hashes of corpus images' centre crops too, which finds "
+                  "lightly cropped copies (evaluation images are always compared so); false: "
+                  "whole pictures only, about ten times less work")
+    add_flag(g, "--near-duplicate-colour-step", type=int, default=c.colour_step,
+             metavar="LEVEL",
+             help="two corpus images are one only if the mean L*a*b* (0-255) of each cell of "
+                  "a 3x3 grid also agrees within one level of this step (a pHash reads "
+                  "luminance patterns only); 0: hashes alone")
     add_flag(g, "--eval-distance", type=int, default=c.eval_distance, metavar="BITS",
              help="images within this many bits of an --exclude-images image are removed")
     add_flag(g, "--hot-bucket", type=int, default=c.hot_bucket,
@@ -288,6 +299,7 @@ def image_half_config(args: argparse.Namespace, default_cap: int) -> ImageHalfCo
                           eval_distance=args.eval_distance,
                           hot_bucket=args.hot_bucket,
                           near_crops=args.near_duplicate_crops,
+                          colour_step=args.near_duplicate_colour_step,
                           exclude_images=tuple(args.exclude_images)),
     )
     config.validate()

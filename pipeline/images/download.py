@@ -179,7 +179,8 @@ class ImageProcessor:
                     return None, problem
                 decoded = decode_reduced(data, plan)
                 pixels = fit(decoded, plan, c.resize_mode, c.image_size)
-                encoded, hashes = encode_jpeg(pixels, c.encode_quality), self._hasher.of_pixels(decoded)
+                encoded, (hashes, colours) = (encode_jpeg(pixels, c.encode_quality),
+                                              self._views(decoded))
                 (height_out, width_out), original_width, original_height = (
                     pixels.shape[:2], width, height)
             else:
@@ -188,7 +189,8 @@ class ImageProcessor:
                         self._resize(io.BytesIO(plain_rgb_png(data) if needs_pillow else data)))
                 if error is not None:
                     return None, (RESIZER_ERRORS.get(error, Reason.DECODE_ERROR), error)
-                hashes = self._hash_resizer_output(encoded, original_width, original_height)
+                hashes, colours = self._hash_resizer_output(encoded, original_width,
+                                                            original_height)
         except Exception as err:  # noqa: BLE001 (see above)
             return None, (Reason.DECODE_ERROR, f"{type(err).__name__}: {without_addresses(err)}")
         return {
@@ -201,10 +203,15 @@ class ImageProcessor:
             "sha256": hashlib.sha256(data).hexdigest(),
             "phash": hashes[0],
             "phash_crops": list(hashes[1:]),
+            "colours": list(colours),
         }, None
 
+    def _views(self, pixels) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The perceptual hash and the colour of each view of the decoded picture."""
+        return self._hasher.of_pixels(pixels), self._hasher.colours(pixels)
+
     def _hash_resizer_output(self, encoded: bytes, original_width: int,
-                             original_height: int) -> tuple[str, ...]:
+                             original_height: int):
         """The Resizer keeps its decoded pixels to itself: the hash is of its small output,
         without the white border (the picture, as on the reduced path; a centre crop stays
         cropped)."""
@@ -216,7 +223,7 @@ class ImageProcessor:
         if c.resize_mode == "border":
             pixels = border_content(pixels, original_width, original_height, c.image_size,
                                     c.resize_only_if_bigger)
-        return self._hasher.of_pixels(pixels)
+        return self._views(pixels)
 
     def _size_problem(self, width: int, height: int):
         """The Resizer's size checks, in its order and words, on the header's size."""

@@ -13,6 +13,12 @@ copy's whole hash lies close to the original's view of about the same crop inste
 A hash of `size` x `size` bits is kept as imagehash writes it, as hex, and handled as a row of
 64-bit words (`to_words`) so that distances over many hashes are vectorised numpy.
 
+A pHash reads luminance, and only its pattern: a red disc and a black one on the same paper
+hash alike. `ImageHasher.colours` adds each view's colour: the mean CIELAB of a
+`COLOUR_GRID` x `COLOUR_GRID` grid of cells (OpenCV's 8-bit scale: L*, a*, b* each 0-255),
+as hex of the cell values. Two views are compared in levels of a step (`colour_levels`): they
+agree when no cell value differs by more than one level (`colours_close`).
+
 `bands` splits the bits into `distance + 1` bands. Two hashes within `distance` bits differ
 in at most `distance` bands, so by pigeonhole they agree exactly on at least one band.
 """
@@ -41,6 +47,9 @@ DCT_SCALE = 4
 # step is about a pixel of it, and 4x the DCT input so the cut views are properly low-passed.
 BASE_SIDE = 256
 WORD_BITS = 64
+COLOUR_GRID = 3  # cells a side: an object in a corner still colours its own cell
+COLOUR_SIDE = 128  # the colour square the views' cells are summed from
+COLOUR_VALUES = COLOUR_GRID * COLOUR_GRID * 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +119,34 @@ class ImageHasher:
             return self._phashes(thumbnails)
         return tuple(self._imagehash(thumbnail) for thumbnail in thumbnails)
 
+    def colours(self, pixels) -> tuple[str, ...]:
+        """The colour of each view of a BGR or grey uint8 array (the views of `of_pixels`): for
+        each, the mean L*, a*, b* of each grid cell, rounded, as hex (row by row, L*a*b* each)."""
+        import cv2
+
+        bgr = cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR) if pixels.ndim == 2 else pixels
+        side = COLOUR_SIDE
+        height, width = bgr.shape[:2]
+        interpolation = cv2.INTER_AREA if height >= side and width >= side else cv2.INTER_LINEAR
+        lab = cv2.cvtColor(cv2.resize(bgr, (side, side), interpolation=interpolation),
+                           cv2.COLOR_BGR2LAB)
+        # The integral image of a picture made of constant pixels is bilinear between pixel
+        # corners, so interpolating it gives exact sums over cells with sub-pixel edges.
+        total = cv2.integral(lab, sdepth=cv2.CV_64F)
+        crops = np.asarray(self.crops)[:, None]
+        lines = side * (crops + (1 - 2 * crops) * np.arange(COLOUR_GRID + 1) / COLOUR_GRID)
+        low = np.minimum(np.floor(lines).astype(np.int64), side - 1)
+        fraction = lines - low
+        sums = 0.0
+        for dy, weight_y in ((0, 1 - fraction), (1, fraction)):
+            for dx, weight_x in ((0, 1 - fraction), (1, fraction)):
+                sums = sums + (weight_y[:, :, None, None] * weight_x[:, None, :, None]
+                               * total[(low + dy)[:, :, None], (low + dx)[:, None, :]])
+        cells = sums[:, 1:, 1:] - sums[:, :-1, 1:] - sums[:, 1:, :-1] + sums[:, :-1, :-1]
+        area = ((lines[:, 1] - lines[:, 0]) ** 2)[:, None, None, None]
+        means = np.clip(np.rint(np.round(cells / area, 6)), 0, 255).astype(np.uint8)
+        return tuple(view.tobytes().hex() for view in means)
+
     def of_bytes(self, data: bytes) -> tuple[str, ...]:
         """The hashes of an encoded image (any format Pillow reads): its first frame, upright,
         alpha on white, decoded at reduced size where the format allows. Raises what Pillow
@@ -177,6 +214,27 @@ def is_hash(text, hex_length: int) -> bool:
     except ValueError:
         return False
     return True
+
+
+def is_colour(text) -> bool:
+    return is_hash(text, 2 * COLOUR_VALUES)
+
+
+def colour_levels(codes, step: int) -> np.ndarray:
+    """Colour codes (hex, `ImageHasher.colours`) -> an (n, COLOUR_VALUES) int16 array of levels
+    of `step`."""
+    values = np.frombuffer(bytes.fromhex("".join(codes)), dtype=np.uint8)
+    return (values.reshape(len(codes), COLOUR_VALUES) // step).astype(np.int16)
+
+
+UNKNOWN_COLOUR = -1  # a row of levels that agrees with every colour (a sample without one)
+
+
+def colours_close(levels: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Row by row (broadcasting): whether no cell value of the two differs by more than one
+    level, or either is unknown."""
+    unknown = (levels[..., 0] == UNKNOWN_COLOUR) | (others[..., 0] == UNKNOWN_COLOUR)
+    return unknown | (np.abs(levels - others).max(axis=-1) <= 1)
 
 
 def to_words(hashes, bits: int) -> np.ndarray:

@@ -17,10 +17,10 @@ from openwit.pipeline.images.cap import ExactCap
 from openwit.pipeline.images.config import ImageHalfConfig
 from openwit.pipeline.images.download import DownloadImages
 from openwit.pipeline.core.errors import ConfigError
-from openwit.pipeline.core.records import hashes_of
+from openwit.pipeline.core.records import colours_of, hashes_of
 from openwit.pipeline.images.eval_set import HashList, hash_paths
 from openwit.pipeline.images.image_dedup import FindImageDuplicates
-from openwit.pipeline.images.image_hash import is_hash
+from openwit.pipeline.images.image_hash import is_colour, is_hash
 from openwit.pipeline.images.near_dedup import FindNearDuplicates
 from openwit.pipeline.shards.plan import PlanShards, read_grouped_drops, read_written_samples
 from openwit.pipeline.shards.summary import REUSED_MARK, WriteSummary
@@ -30,7 +30,16 @@ from openwit.pipeline.shards.writer import StageImages, WriteShards
 def _light(shard_and_sample):
     shard, sample = shard_and_sample
     return {"key": sample["key"], "shard": shard, "queries": sample["queries"],
-            "hashes": hashes_of(sample), "new": True}
+            "hashes": hashes_of(sample), "colours": colours_of(sample), "new": True}
+
+
+def _colours_of_views(node):
+    """A completed sample's colours, when it has one valid colour per hash; otherwise None
+    (recorded by an openwit that kept none, or with other views: compared by hash alone)."""
+    key, shard, hashes, colours = node
+    if colours is None or len(colours) != len(hashes) or not all(map(is_colour, colours)):
+        colours = None
+    return key, shard, hashes, colours
 
 
 def _unless_dropped(key, parts):
@@ -116,16 +125,18 @@ class ImageHalf(beam.PTransform):
         hex_length = config.download.hasher.hex_length
         completed_nodes = (
             (written | "Nodes of completed shards" >> beam.Map(
-                lambda s: (s["key"], s["shard"], hashes_of(s))),
+                lambda s: (s["key"], s["shard"], hashes_of(s), colours_of(s))),
              plan.reused | "Grouped drops of completed shards" >> beam.FlatMap(
                 read_grouped_drops(output)))
             | "Completed nodes" >> beam.Flatten()
             | "Of this hash" >> beam.Filter(
                 lambda node: all(is_hash(value, hex_length) for value in node[2]))
+            | "Colours of their views" >> beam.Map(_colours_of_views)
         )
         near_duplicates = (
             distinct
-            | "Node of each" >> beam.Map(lambda s: (s["key"], s["shard"], s["hashes"]))
+            | "Node of each" >> beam.Map(
+                lambda s: (s["key"], s["shard"], s["hashes"], s["colours"]))
             | "Find near-duplicates" >> FindNearDuplicates(
                 config.dedup, config.download.hasher.bits, written=completed_nodes,
                 eval_hashes=eval_hashes)

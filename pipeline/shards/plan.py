@@ -19,7 +19,7 @@ import typing
 import apache_beam as beam
 
 from openwit.pipeline.core import layout, storage
-from openwit.pipeline.core.records import Reason, hashes_of, stable_hash64
+from openwit.pipeline.core.records import Reason, colours_of, hashes_of, stable_hash64
 
 
 def shard_of(key: str, num_shards: int) -> int:
@@ -114,14 +114,14 @@ class PlanShards(beam.PTransform):
 
 def read_written_samples(output: str):
     """(shard, stats) of a completed shard -> its samples' {key, shard, sha256, phash,
-    phash_crops, queries}."""
+    phash_crops, colours, queries}."""
 
     def read(shard_and_stats):
         shard, stats = shard_and_stats
         if not stats.get("written"):
             return
         table = storage.read_parquet(layout.shard_paths(output, shard)["parquet"])
-        columns = [c for c in ("sha256", "phash", "phash_crops", "key", "queries")
+        columns = [c for c in ("sha256", "phash", "phash_crops", "colours", "key", "queries")
                    if c in table.column_names]
         for row in table.select(columns).to_pylist():
             yield {**row, "shard": shard}
@@ -134,8 +134,9 @@ GROUPED_REASONS = (Reason.NEAR_DUPLICATE, Reason.OVER_QUERY_CAP)
 
 
 def read_grouped_drops(output: str):
-    """(shard, stats) of a completed shard -> (key, shard, hashes) of its samples that took part
-    in near-duplicate grouping and were then dropped (as near-duplicates, or by the cap)."""
+    """(shard, stats) of a completed shard -> (key, shard, hashes, colours) of its samples that
+    took part in near-duplicate grouping and were then dropped (as near-duplicates, or by the
+    cap)."""
 
     def read(shard_and_stats):
         shard, _ = shard_and_stats
@@ -145,9 +146,10 @@ def read_grouped_drops(output: str):
         table = storage.read_parquet(path)
         if "phash" not in table.column_names:
             return  # written before failure records kept the hash
-        columns = [c for c in ("key", "reason", "phash", "phash_crops") if c in table.column_names]
+        columns = [c for c in ("key", "reason", "phash", "phash_crops", "colours")
+                   if c in table.column_names]
         for row in table.select(columns).to_pylist():
             if row["reason"] in GROUPED_REASONS and row["phash"]:
-                yield row["key"], shard, hashes_of(row)
+                yield row["key"], shard, hashes_of(row), colours_of(row)
 
     return read

@@ -175,7 +175,8 @@ class WriteShardFn(beam.DoFn):
             if sample["key"] in drops:
                 failures.append({**drops[sample["key"]], "url": sample["url"],
                                  "caption": sample["caption"], "phash": sample.get("phash"),
-                                 "phash_crops": sample.get("phash_crops")})
+                                 "phash_crops": sample.get("phash_crops"),
+                                 "colours": sample.get("colours")})
             else:
                 written.append(sample)
         failures.sort(key=lambda f: (f["key"] or "", f["stage"]))
