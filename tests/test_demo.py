@@ -1,6 +1,9 @@
-"""The demo's ablation pieces: an unbalanced subset of the pool, head and tail classes."""
+"""The demo's build flags and its ablation pieces: an unbalanced subset of the pool, head and
+tail classes."""
 
+import argparse
 import json
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -8,9 +11,13 @@ import pytest
 import webdataset as wds
 
 from openwit.pipeline.core.layout import SAMPLE_FIELDS
+from openwit.pipeline.images.config import DownloadConfig
+from openwit.pipeline.jobs.build import add_build_flags, build_config
 from openwit.pipeline.shards.writer import encode_tar
 from openwit.pipeline.apps.demo import (
+    DemoConfig,
     arm_summary,
+    build_argv,
     draw_unbalanced,
     format_ablation,
     head_and_tail,
@@ -101,3 +108,18 @@ def test_demo_ablation_runs_both_arms(tmp_path):
     for arm in (balanced, unbalanced):
         assert 0 <= arm["top1"] <= 1
     assert "ablation" in (tmp_path / "report.html").read_text()
+
+
+def test_the_demo_builds_with_flags_a_build_accepts(tmp_path):
+    """The demo's build: only 127.0.0.1 let through, robots.txt read, the evaluation set
+    excluded, and the per-host cap lifted to the thread count for its own one-host server."""
+    web = SimpleNamespace(candidates_path=tmp_path / "c.parquet",
+                          queries_path=tmp_path / "q.txt", eval_dir=tmp_path / "eval")
+    parser = argparse.ArgumentParser()
+    add_build_flags(parser)
+    argv = build_argv(DemoConfig(), web, str(tmp_path), 10)
+    images = build_config(parser.parse_args(argv)).images
+    assert images.download.max_per_host == images.download.threads == DownloadConfig().threads
+    assert images.download.robots_txt
+    assert images.download.allowed_networks == ("127.0.0.1/32",)
+    assert images.dedup.exclude_images == (str(web.eval_dir),)
