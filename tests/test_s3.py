@@ -49,3 +49,29 @@ def test_build_from_and_to_s3(s3, tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(read(key))
     assert assert_accounted(copy)["input_rows"] == 120
+
+
+@pytest.mark.parametrize("bucket, endpoint_of, expected", [
+    ("nosuchbucket", lambda endpoint: endpoint, "no such bucket"),
+    ("corpus", lambda endpoint: "http://127.0.0.1:9", "cannot connect to the endpoint"),
+])
+def test_an_output_that_cannot_be_written_is_one_line_before_any_download(
+        s3, tmp_path, capsys, bucket, endpoint_of, expected):
+    _, endpoint = s3
+    config = WorldConfig(samples=120, seed=0, slow_seconds=5.0, eval_images_per_class=1)
+    with MiniWeb(config, tmp_path / "web") as web:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["build", "--candidates", str(web.candidates_path),
+                  "--queries", str(web.queries_path), "--output", f"s3://{bucket}/out",
+                  "--allow-network", "127.0.0.1/32", "--timeout", "2",
+                  "--s3_endpoint_url", endpoint_of(endpoint), "--s3_access_key_id", "test",
+                  "--s3_secret_access_key", "SENTINEL-SECRET", "--s3_region_name", "us-east-1"])
+        peaks = web.peak_requests_in_flight()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("openwit build: error: cannot write to ")
+    assert f"bucket '{bucket}'" in lines[0] and expected in lines[0]
+    assert "SENTINEL-SECRET" not in err
+    assert set(peaks.values()) == {0}  # the mini-web was never asked for anything

@@ -117,6 +117,9 @@ MISTAKES = [
     (BUILD + ["--near-duplicate-crops", "maybe"], "--near-duplicate-crops"),
     (BUILD + ["--near-duplicate-colour-step", "-1"],
      "--near-duplicate-colour-step must be in [0, 128]"),
+    # An output folder under a file: one line at launch, not a worker's traceback.
+    (["build", "--candidates", "{tmp}/c.csv", "--output", "{tmp}/q.txt/out"],
+     "cannot write to '{tmp}/q.txt/out'"),
     (BUILD + ["--exclude-images", "{tmp}/nowhere"],
      "--exclude-images: '{tmp}/nowhere' is neither a file nor a folder"),
     (DOWNLOAD + ["--hot-bucket", "1"], "--hot-bucket must be at least 2"),

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,7 +15,17 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from openwit.pipeline.core.errors import ConfigError
+
 TEMPORARY_SUFFIX = ".inprogress"
+WRITE_CHECK_NAME = ".openwit-write-check"
+_CLIENT_MODULES = ("apache_beam/io/aws/", "apache_beam/io/gcp/", "apache_beam/utils/retry")
+# What a store answers for a bucket that is not there or not ours, as S3 and GCS word it.
+_PERMANENT = (("NoSuchBucket", "no such bucket"), ("AccessDenied", "access denied"),
+              ("InvalidAccessKeyId", "the access key is not known to the store"),
+              ("SignatureDoesNotMatch", "the secret key does not match the access key"),
+              ("Could not connect", "cannot connect to the endpoint"),
+              ("403", "access denied"), ("404", "not found"))
 
 
 def join(base: str, *parts: str) -> str:
@@ -83,3 +95,56 @@ def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
 
 def exists(path: str) -> bool:
     return FileSystems.exists(path)
+
+
+def check_writable(folder: str) -> None:
+    """Fail at launch with one line naming the folder or bucket when it cannot be written (no
+    such bucket, access denied, an endpoint that does not answer), rather than from inside a
+    worker after the downloads: writes a small object into `folder` and deletes it."""
+    probe = join(folder, WRITE_CHECK_NAME)
+    try:
+        with _quiet_clients():
+            # Not empty: Beam's S3 uploader cannot complete an upload of no parts.
+            write_bytes_atomic(probe, b"openwit\n")
+            FileSystems.delete([probe])
+    # Any filesystem's error (OSError, Beam's S3 and GCS client errors): this is the launch
+    # boundary, and the message below is the user's to act on.
+    except Exception as err:  # noqa: BLE001
+        raise ConfigError(f"cannot write to {_where(folder)}: {_reason(err)}") from None
+
+
+class _BeamClientRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(part in record.pathname for part in _CLIENT_MODULES)
+
+
+@contextlib.contextmanager
+def _quiet_clients():
+    """Beam's S3 and GCS clients log a traceback (on the root logger) for every failed request
+    before raising: the error is reported once, by `check_writable`."""
+    quiet = _BeamClientRecords()
+    logger = logging.getLogger()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+def _where(folder: str) -> str:
+    scheme = re.match(r"^([a-z][a-z0-9+.-]*)://([^/]*)", folder)
+    if scheme and scheme.group(1) != "file":
+        return f"{folder!r} (bucket {scheme.group(2)!r})"
+    return repr(folder)
+
+
+def _reason(err: Exception) -> str:
+    """The store's answer in a few words: credentials never appear in a store's error text,
+    but the text is cut to its first line and Beam's step name is dropped."""
+    text = str(getattr(err, "message", None) or err or type(err).__name__).splitlines()[0]
+    text = re.sub(r" \[while running .*$", "", text)[:300]
+    for marker, meaning in _PERMANENT:
+        if marker in text:
+            return f"{meaning} ({text})"
+    return text
+

@@ -15,6 +15,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from openwit.pipeline.core import storage
 from openwit.pipeline.core.beam import with_local_runner
 from openwit.pipeline.core.flags import add_output_flag
 from openwit.pipeline.images.config import ImageHalfConfig, add_download_stage_flags, image_half_config
@@ -99,6 +100,7 @@ def build(config: BuildConfig, options: PipelineOptions) -> dict:
     check_inputs(config.curate)
     excluded = excluded_images(config.images)
     output = config.images.shards.output
+    storage.check_writable(output)
     completed = prepare_output(output)
     started = time.monotonic()
     with beam.Pipeline(options=with_local_runner(options)) as pipeline:

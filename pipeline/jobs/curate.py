@@ -59,6 +59,7 @@ def curate(config: CurateConfig, options: PipelineOptions) -> dict:
     FileSystems.set_options(options)
     config.validate()
     check_inputs(config)
+    storage.check_writable(config.output)
     clear_text_outputs(config.output)
     started = time.monotonic()
     with beam.Pipeline(options=with_local_runner(options)) as pipeline:

@@ -49,6 +49,7 @@ def download(config: ImageHalfConfig, curated: str, options: PipelineOptions) ->
         raise ConfigError(f"--curated {curated!r} holds no {CURATED_FOLDER}/*.parquet")
     excluded = excluded_images(config)
     output = config.shards.output
+    storage.check_writable(output)
     completed = read_completed_shards(output)
     started = time.monotonic()
     run_config = {**dataclasses.asdict(config), "curated": curated}
