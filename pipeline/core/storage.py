@@ -20,12 +20,13 @@ from openwit.pipeline.core.errors import ConfigError
 TEMPORARY_SUFFIX = ".inprogress"
 WRITE_CHECK_NAME = ".openwit-write-check"
 _CLIENT_MODULES = ("apache_beam/io/aws/", "apache_beam/io/gcp/", "apache_beam/utils/retry")
-# What a store answers for a bucket that is not there or not ours, as S3 and GCS word it.
+# Words in a store's error text that say what the user must fix, and what they mean.
 _PERMANENT = (("NoSuchBucket", "no such bucket"), ("AccessDenied", "access denied"),
               ("InvalidAccessKeyId", "the access key is not known to the store"),
               ("SignatureDoesNotMatch", "the secret key does not match the access key"),
-              ("Could not connect", "cannot connect to the endpoint"),
-              ("403", "access denied"), ("404", "not found"))
+              ("Could not connect", "cannot connect to the endpoint"))
+# HTTP statuses that Beam's S3 and GCS errors carry as `code`, for stores that word them otherwise.
+_PERMANENT_CODES = {403: "access denied", 404: "not found"}
 
 
 def join(base: str, *parts: str) -> str:
@@ -104,8 +105,10 @@ def check_writable(folder: str) -> None:
     probe = join(folder, WRITE_CHECK_NAME)
     try:
         with _quiet_clients():
-            # Not empty: Beam's S3 uploader cannot complete an upload of no parts.
-            write_bytes_atomic(probe, b"openwit\n")
+            # Written in place (no rename: a probe needs no atomicity), and not empty: Beam's
+            # S3 uploader cannot complete an upload of no parts.
+            with FileSystems.create(probe, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                f.write(b"openwit\n")
             FileSystems.delete([probe])
     # Any filesystem's error (OSError, Beam's S3 and GCS client errors): this is the launch
     # boundary, and the message below is the user's to act on.
@@ -143,8 +146,6 @@ def _reason(err: Exception) -> str:
     but the text is cut to its first line and Beam's step name is dropped."""
     text = str(getattr(err, "message", None) or err or type(err).__name__).splitlines()[0]
     text = re.sub(r" \[while running .*$", "", text)[:300]
-    for marker, meaning in _PERMANENT:
-        if marker in text:
-            return f"{meaning} ({text})"
-    return text
-
+    meaning = next((meaning for marker, meaning in _PERMANENT if marker in text),
+                   _PERMANENT_CODES.get(getattr(err, "code", None)))
+    return f"{meaning} ({text})" if meaning else text
