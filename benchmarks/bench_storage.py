@@ -13,8 +13,9 @@ The mini-web (no slow or trickling responses) and moto's ThreadedMotoServer run 
   job);
 - the same build into s3://bench/..., then again;
 - one shard-sized object (`--shard-mb` of incompressible bytes) written through openwit's
-  storage layer (`storage.write_bytes_atomic`: Beam's S3 filesystem, then its rename), and
-  the same bytes through boto3's `upload_fileobj` (multipart, its default transfer config).
+  storage layer (`storage.write_bytes_atomic`: `pipeline/core/s3.py`'s parallel multipart
+  upload), and the same bytes through boto3's `upload_fileobj` (multipart, its default
+  transfer config).
 
 Prints medians and three ratios: S3 build / local build (the goal is at most 1.15), openwit
 upload throughput / boto3's (at least 0.8), and rerun / first run (under 0.10).

@@ -25,8 +25,9 @@ Corrupt data never stops training: each skipped sample or shard is counted by re
 ride back with the batches and `Loader.skipped` sums them. What happens besides counting is the
 caller's error handler (`ignore_and_continue`, `log_and_continue`, `reraise`).
 
-Remote shards (s3://, gs://) are read through Beam's FileSystems like every other openwit I/O.
-The loader opens every shard itself with Beam's `FileSystems` rather than through webdataset's
+Remote shards (s3://, gs://) are read through openwit's storage layer like every other openwit
+I/O (s3:// reads resume a dropped connection where it stopped; a shard that still cannot be read
+is skipped and counted). The loader opens every shard itself rather than through webdataset's
 `gopen`, so no webdataset global is touched; the one piece of process state is Beam's
 `FileSystems` options, which each worker sets from `LoaderConfig.filesystem_flags` when its stream
 starts (see `apply_filesystem_flags`). `register_webdataset_schemes` is there for code that reads
@@ -238,8 +239,6 @@ def list_shards(spec: str | Sequence[str], filesystem_flags: Sequence[str] = ())
 
     A folder without sizes.json, or a tar missing from it, gets size None with a warning: the
     loader then needs `epoch_samples` in resampled mode and cannot say `len()` exactly."""
-    from apache_beam.io.filesystems import FileSystems
-
     apply_filesystem_flags(filesystem_flags)
     urls = _expand_shard_spec(spec)
     if not urls:
@@ -250,7 +249,7 @@ def list_shards(spec: str | Sequence[str], filesystem_flags: Sequence[str] = ())
         folder, name = posixpath.split(url)
         if folder not in sizes_by_folder:
             sizes_path = storage.join(folder, SIZES_FILE) if folder else SIZES_FILE
-            if FileSystems.exists(sizes_path):
+            if storage.exists(sizes_path):
                 sizes_by_folder[folder] = storage.read_json(sizes_path)
             else:
                 logger.warning("data: no sizes.json in %s; sample counts unknown", folder or ".")

@@ -195,7 +195,7 @@ def check_inputs(config: QueriesConfig) -> None:
             raise ConfigError(f"{pattern!r} matches no file")
     if config.wordnet.folder:
         missing = [name for name in DATA_FILES
-                   if not FileSystems.exists(storage.join(config.wordnet.folder, name))]
+                   if not storage.exists(storage.join(config.wordnet.folder, name))]
         if missing:
             raise ConfigError(f"--wordnet {config.wordnet.folder!r} lacks {', '.join(missing)} "
                               "(install Debian's wordnet-base, or pass --wordnet none)")

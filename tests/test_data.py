@@ -377,6 +377,28 @@ def test_reads_s3_shards_through_beam_in_workers(s3_shards, blank_filesystem_opt
     assert len(seen) == 40 and loader.skipped == {}
 
 
+def test_s3_shards_read_through_a_faulty_store_retry_then_skip_and_count(
+        s3_shards, blank_filesystem_options):
+    from fault_proxy import FaultPlan, FaultProxy
+
+    endpoint = s3_shards[1]
+    direct = config("s3://corpus/out/shards/{000000..000003}.tar", drop_last=False,
+                    shuffle_buffer=1, shard_shuffle=False, filesystem_flags=s3_shards)
+    expected = [row for _, tokens in make_loader(direct, hash_tokenizer) for row in rows(tokens)]
+    plan = FaultPlan(seed=4, slow_down=0.2, reset=0.2, reset_after_forward=0.2, trickle=0.3,
+                     trickle_seconds=0.1, only=lambda method, path, query: method == "GET")
+    with FaultProxy(endpoint, plan) as proxy:
+        flags = (*s3_shards[:1], proxy.url, *s3_shards[2:])
+        faulty = config("s3://corpus/out/shards/{000000..000004}.tar", drop_last=False,
+                        shuffle_buffer=1, shard_shuffle=False, filesystem_flags=flags)
+        loader = make_loader(faulty, hash_tokenizer)
+        seen = [row for _, tokens in loader for row in rows(tokens)]
+        faults = proxy.faults
+    assert faults["reset"] and faults["slow_down"] and faults["reset_after_forward"]
+    assert seen == expected  # every fault retried: nothing lost, nothing repeated
+    assert loader.skipped == {data.UNREADABLE_SHARD: 1}  # 000004 is not there: skipped
+
+
 def test_webdataset_can_read_s3_through_beam_when_registered(s3_shards,
                                                              blank_filesystem_options):
     import importlib

@@ -1,5 +1,9 @@
-"""Every byte openwit reads or writes goes through Beam's FileSystems, so one code path serves
-local folders, s3:// and gs:// (and whatever filesystem a runner registers)."""
+"""Every byte openwit reads or writes goes through here: one API for local folders, s3://, gs://
+and whatever filesystem a runner registers.
+
+s3:// goes to `s3` (boto3 directly, one client per process and store, with the credentials and
+endpoint of Beam's `--s3_*` options); every other scheme goes through Beam's FileSystems.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from openwit.pipeline.core import s3
 from openwit.pipeline.core.errors import ConfigError
 
 TEMPORARY_SUFFIX = ".inprogress"
@@ -33,12 +38,20 @@ def join(base: str, *parts: str) -> str:
     return FileSystems.join(base, *parts)
 
 
+def is_s3(path: str) -> bool:
+    return path.startswith("s3://")
+
+
 def open_read(path: str):
-    """A binary stream of the file as stored (no decompression by extension)."""
+    """A seekable binary stream of the file as stored (no decompression by extension)."""
+    if is_s3(path):
+        return s3.open_read(path)
     return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
 def read_bytes(path: str) -> bytes:
+    if is_s3(path):
+        return s3.read(path)
     with open_read(path) as f:
         return f.read()
 
@@ -49,12 +62,24 @@ def read_json(path: str):
 
 @contextlib.contextmanager
 def create_atomic(path: str):
-    """A binary stream to write `path` through: written under a temporary name, renamed into
-    place when the block ends without an error, so readers see the whole file or nothing.
+    """A binary stream to write `path` through, so readers see the whole file or nothing: if
+    the block raises, nothing new appears under `path`, and an older version stays readable
+    until the new one replaces it.
 
-    Every Beam filesystem's rename replaces an existing target (os.rename locally, copy on
-    s3:// and gs://), so an older version stays readable until the new one takes its place.
+    On s3:// the object itself is the commit (PutObject, or CompleteMultipartUpload when the
+    block ends; an error aborts the upload). Elsewhere the bytes go to a temporary name that a
+    rename moves into place (os.rename locally; copy and delete on gs://, whose uploads commit
+    what was written even when the writer fails).
     """
+    if is_s3(path):
+        upload = s3.create(path)
+        try:
+            yield upload
+        except BaseException:
+            upload.abort()
+            raise
+        upload.close()
+        return
     temporary = path + TEMPORARY_SUFFIX
     with FileSystems.create(temporary, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         yield f
@@ -62,6 +87,9 @@ def create_atomic(path: str):
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
+    if is_s3(path):
+        s3.put(path, data)
+        return
     with create_atomic(path) as f:
         f.write(data)
 
@@ -73,14 +101,38 @@ def write_json_atomic(path: str, value, sort_keys: bool = True) -> None:
 
 
 def glob(pattern: str) -> list[str]:
+    """Paths matching `pattern` (`*` within a folder, `**` across folders), sorted."""
+    return [info.path for info in glob_info(pattern)]
+
+
+def glob_info(pattern: str) -> list[s3.ObjectInfo]:
+    """Like `glob`, with each file's size and version (an S3 ETag, else the modification time),
+    which say whether an input changed between runs."""
+    if is_s3(pattern):
+        return s3.list_matching(pattern)
     (result,) = FileSystems.match([pattern])
-    return sorted(m.path for m in result.metadata_list)
+    return sorted((s3.ObjectInfo(m.path, m.size_in_bytes, repr(m.last_updated_in_seconds))
+                   for m in result.metadata_list), key=lambda info: info.path)
 
 
 def delete(paths: list[str]) -> None:
-    existing = [p for p in paths if FileSystems.exists(p)]
+    """Deletes what exists of `paths`; a path that is not there is not an error."""
+    if not paths:
+        return
+    remote = [p for p in paths if is_s3(p)]
+    if remote:
+        s3.delete(remote)
+    existing = [p for p in paths if not is_s3(p) and FileSystems.exists(p)]
     if existing:
         FileSystems.delete(existing)
+
+
+def remove_leftovers(folder: str) -> int:
+    """Removes what a killed run left under `folder`: temporary files, and on s3:// the
+    incomplete multipart uploads (invisible, but stored). Returns how many."""
+    leftovers = glob(join(folder, "**" + TEMPORARY_SUFFIX))
+    delete(leftovers)
+    return len(leftovers) + (s3.abort_uploads(folder) if is_s3(folder) else 0)
 
 
 def encode_parquet(rows: list[dict], schema: pa.Schema) -> bytes:
@@ -95,6 +147,8 @@ def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
 
 
 def exists(path: str) -> bool:
+    if is_s3(path):
+        return s3.exists(path)
     return FileSystems.exists(path)
 
 
@@ -105,6 +159,9 @@ def check_writable(folder: str) -> None:
     probe = join(folder, WRITE_CHECK_NAME)
     try:
         with _quiet_clients():
+            if is_s3(probe):
+                s3.check_writable(probe)
+                return
             # Written in place (no rename: a probe needs no atomicity), and not empty: Beam's
             # S3 uploader cannot complete an upload of no parts.
             with FileSystems.create(probe, compression_type=CompressionTypes.UNCOMPRESSED) as f:
@@ -146,6 +203,8 @@ def _reason(err: Exception) -> str:
     but the text is cut to its first line and Beam's step name is dropped."""
     text = str(getattr(err, "message", None) or err or type(err).__name__).splitlines()[0]
     text = re.sub(r" \[while running .*$", "", text)[:300]
+    status = getattr(err, "code", None) or (getattr(err, "response", None) or {}).get(
+        "ResponseMetadata", {}).get("HTTPStatusCode")
     meaning = next((meaning for marker, meaning in _PERMANENT if marker in text),
-                   _PERMANENT_CODES.get(getattr(err, "code", None)))
+                   _PERMANENT_CODES.get(status))
     return f"{meaning} ({text})" if meaning else text

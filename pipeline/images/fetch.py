@@ -399,10 +399,11 @@ class Fetcher:
             except BlockedAddress as err:
                 reason = Reason.URL_BLOCKED if hop == 0 else Reason.REDIRECT_BLOCKED
                 return FetchResult(None, reason, str(err), final_url=current), None
-            except TimeoutError as err:
-                why = f" ({err})" if str(err) else ""
+            except TimeoutError:
+                # Which timer noticed first (the deadline check or the socket's own timeout)
+                # is a race: the record says what happened, so that every run writes the same.
                 return FetchResult(None, Reason.TIMEOUT, f"no complete response within "
-                                   f"{self._config.timeout:g} s{why}", final_url=current), None
+                                   f"{self._config.timeout:g} s", final_url=current), None
             except (ValueError, UnicodeError) as err:  # e.g. a Location no URL parser accepts
                 return FetchResult(None, Reason.INVALID_URL, f"{type(err).__name__}: {err}",
                                    final_url=current), None

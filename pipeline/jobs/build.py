@@ -19,8 +19,15 @@ from openwit.pipeline.core import storage
 from openwit.pipeline.core.beam import with_local_runner
 from openwit.pipeline.core.flags import add_output_flag
 from openwit.pipeline.images.config import ImageHalfConfig, add_download_stage_flags, image_half_config
-from openwit.pipeline.jobs.curate import check_inputs, clear_text_outputs, clear_work_folder, finish_stats
+from openwit.pipeline.jobs.curate import (
+    check_inputs,
+    clear_text_outputs,
+    clear_work_folder,
+    finish_stats,
+    remove_leftovers,
+)
 from openwit.pipeline.jobs.image_half import ImageHalf, excluded_images
+from openwit.pipeline.jobs.rerun import INPUTS_FIELD, finished_stats, input_versions
 from openwit.pipeline.jobs.text_half import CurateCandidates, write_failures
 from openwit.pipeline.shards.plan import read_completed_shards
 from openwit.pipeline.text.config import CurateConfig, add_input_flags, add_text_flags, curate_config
@@ -82,8 +89,17 @@ def build_run_config(config: BuildConfig) -> dict:
     return {**dataclasses.asdict(config.curate), **dataclasses.asdict(config.images)}
 
 
+def build_inputs(config: BuildConfig) -> list[dict]:
+    """What the build reads, with versions: a rerun over unchanged inputs has nothing to do."""
+    queries = [config.curate.match.queries] if config.curate.match.queries else []
+    return input_versions([*config.curate.read.candidates, *queries],
+                          list(config.images.dedup.exclude_images))
+
+
 def prepare_output(output: str) -> dict[int, dict]:
-    """Clears what every run recomputes; returns the shards an earlier run completed."""
+    """Removes what a killed run left and what every run recomputes; returns the shards an
+    earlier run completed."""
+    remove_leftovers(output)
     clear_text_outputs(output)
     completed = read_completed_shards(output)
     if completed:
@@ -98,13 +114,18 @@ def build(config: BuildConfig, options: PipelineOptions) -> dict:
     FileSystems.set_options(options)
     config.validate()
     check_inputs(config.curate)
-    excluded = excluded_images(config.images)
     output = config.images.shards.output
     storage.check_writable(output)
+    inputs = build_inputs(config)
+    finished = finished_stats(output, build_run_config(config), inputs)
+    if finished is not None:
+        return finished
+    excluded = excluded_images(config.images)
     completed = prepare_output(output)
     started = time.monotonic()
     with beam.Pipeline(options=with_local_runner(options)) as pipeline:
         pipeline | "Build corpus" >> BuildCorpus(config, completed, excluded)
     clear_work_folder(output)
     balance = dataclasses.asdict(config.curate.balance)
-    return finish_stats(output, started, {"balance": {**balance, "target": config.curate.balance.target}})
+    return finish_stats(output, started, {
+        "balance": {**balance, "target": config.curate.balance.target}, INPUTS_FIELD: inputs})

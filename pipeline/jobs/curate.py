@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import apache_beam as beam
@@ -28,6 +29,8 @@ from openwit.pipeline.jobs.text_half import CurateCandidates, WriteCurated
 from openwit.pipeline.shards.summary import format_stage_table
 from openwit.pipeline.text.config import CurateConfig
 
+LOGGER = logging.getLogger("openwit")
+
 
 def check_inputs(config: CurateConfig) -> None:
     """Fail at launch, with the path in the message, rather than deep inside a worker."""
@@ -36,6 +39,14 @@ def check_inputs(config: CurateConfig) -> None:
             raise ConfigError(f"--candidates {pattern!r} matches no file")
     if config.match.queries is not None and not storage.glob(config.match.queries):
         raise ConfigError(f"--queries {config.match.queries!r} does not exist")
+
+
+def remove_leftovers(output: str) -> None:
+    """What a killed run left: temporary files, and on s3:// its unfinished uploads."""
+    removed = storage.remove_leftovers(output)
+    if removed:
+        LOGGER.info("removed %d temporary files or unfinished uploads an earlier run left",
+                    removed)
 
 
 def clear_text_outputs(output: str) -> None:
@@ -50,8 +61,10 @@ def clear_text_outputs(output: str) -> None:
 def clear_work_folder(output: str, folder: str = WORK_FOLDER) -> None:
     storage.delete(storage.glob(storage.join(output, folder, "*")))
     work = storage.join(output, folder)
-    if FileSystems.exists(work) and not storage.glob(storage.join(work, "*")):
-        FileSystems.delete([work])
+    # A local or gs:// folder may stay behind empty; S3 has no folders.
+    if not storage.is_s3(work) and storage.exists(work) and not storage.glob(
+            storage.join(work, "*")):
+        storage.delete([work])
 
 
 def curate(config: CurateConfig, options: PipelineOptions) -> dict:
@@ -60,6 +73,7 @@ def curate(config: CurateConfig, options: PipelineOptions) -> dict:
     config.validate()
     check_inputs(config)
     storage.check_writable(config.output)
+    remove_leftovers(config.output)
     clear_text_outputs(config.output)
     started = time.monotonic()
     with beam.Pipeline(options=with_local_runner(options)) as pipeline:

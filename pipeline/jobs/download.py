@@ -20,8 +20,9 @@ from openwit.pipeline.core.errors import ConfigError
 from openwit.pipeline.core.layout import CURATED_FOLDER
 from openwit.pipeline.core.records import Stage
 from openwit.pipeline.images.config import ImageHalfConfig, image_half_config
-from openwit.pipeline.jobs.curate import finish_stats
+from openwit.pipeline.jobs.curate import finish_stats, remove_leftovers
 from openwit.pipeline.jobs.image_half import ImageHalf, excluded_images
+from openwit.pipeline.jobs.rerun import INPUTS_FIELD, finished_stats, input_versions
 from openwit.pipeline.shards.plan import read_completed_shards
 
 
@@ -29,7 +30,7 @@ def read_curation(curated: str) -> tuple[list[dict], list[dict], dict]:
     """What `openwit curate` (or an earlier build/download) wrote: stage entries, query rows
     and the balance settings."""
     stats_path = storage.join(curated, layout.STATS_FILE)
-    if not FileSystems.exists(stats_path):
+    if not storage.exists(stats_path):
         raise ConfigError(f"--curated {curated!r} holds no {layout.STATS_FILE}; run "
                           "`openwit curate` into it first")
     stats = storage.read_json(stats_path)
@@ -47,12 +48,18 @@ def download(config: ImageHalfConfig, curated: str, options: PipelineOptions) ->
     parts = storage.glob(storage.join(curated, CURATED_FOLDER, "*.parquet"))
     if not parts:
         raise ConfigError(f"--curated {curated!r} holds no {CURATED_FOLDER}/*.parquet")
-    excluded = excluded_images(config)
     output = config.shards.output
     storage.check_writable(output)
+    run_config = {**dataclasses.asdict(config), "curated": curated}
+    inputs = input_versions([storage.join(curated, CURATED_FOLDER, "*.parquet")],
+                            list(config.dedup.exclude_images))
+    finished = finished_stats(output, run_config, inputs)
+    if finished is not None:
+        return finished
+    excluded = excluded_images(config)
+    remove_leftovers(output)
     completed = read_completed_shards(output)
     started = time.monotonic()
-    run_config = {**dataclasses.asdict(config), "curated": curated}
     with beam.Pipeline(options=with_local_runner(options)) as pipeline:
         curated_rows = pipeline | "Read curated" >> beam.io.ReadFromParquet(
             storage.join(curated, CURATED_FOLDER, "*.parquet"))
@@ -62,7 +69,7 @@ def download(config: ImageHalfConfig, curated: str, options: PipelineOptions) ->
                 [{"stages": entries, "problems": []}]),
             "query_rows": pipeline | "Curated query counts" >> beam.Create(query_rows),
         } | "Image half" >> ImageHalf(config, run_config, completed, excluded)
-    return finish_stats(output, started, {"balance": balance})
+    return finish_stats(output, started, {"balance": balance, INPUTS_FIELD: inputs})
 
 
 def download_job_config(args: argparse.Namespace) -> tuple[ImageHalfConfig, str]:

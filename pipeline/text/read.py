@@ -23,10 +23,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from apache_beam.io import fileio
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from openwit.pipeline.core import storage
 from openwit.pipeline.text.config import ReadConfig
 from openwit.pipeline.text.steps import BATCH_SIZE
 from openwit.pipeline.core.records import (
@@ -199,7 +198,7 @@ class SplitIntoUnits(beam.DoFn):
         path = metadata.path
         fmt = detect_format(path, self._forced_format)
         if fmt == "parquet":
-            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            with storage.open_read(path) as f:
                 row_groups = pq.ParquetFile(f).num_row_groups
             for index in range(row_groups):
                 yield (path, fmt, index)
@@ -246,7 +245,7 @@ class ParseUnit(beam.DoFn):
     def _open(self, path: str):
         # Python's own decompressors: pyarrow's CSV reader and TextIOWrapper need a real io
         # object, which Beam's CompressedFile is not.
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+        with storage.open_read(path) as raw:
             if path.endswith(".gz"):
                 with gzip.GzipFile(fileobj=raw, mode="rb") as f:
                     yield f
@@ -257,7 +256,7 @@ class ParseUnit(beam.DoFn):
                 yield raw
 
     def _parquet(self, path, fmt, row_group):
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        with storage.open_read(path) as f:
             parquet = pq.ParquetFile(f)
             names = parquet.schema_arrow.names
             url_col = resolve_column(names, self._config.url_column, URL_COLUMNS, "url", path)

@@ -104,6 +104,7 @@ class MiniWebServer(ThreadingHTTPServer):
         self._hits: Counter[str] = Counter()
         self._hits_lock = threading.Lock()
         self.in_flight = 0
+        self.requests_started = 0
         self.peak_in_flight = 0  # the most requests this server was answering at once
         super().__init__(address, _Handler)
 
@@ -125,9 +126,11 @@ class MiniWebServer(ThreadingHTTPServer):
         with self._hits_lock:
             return self._hits[path]
 
+
     def started(self) -> None:
         with self._hits_lock:
             self.in_flight += 1
+            self.requests_started += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
 
     def finished(self) -> None:
@@ -422,6 +425,10 @@ class MiniWeb:
         """Per host (base URL): the most requests it was answering at once."""
         return {base: server.peak_in_flight
                 for base, server in zip(self.world.base_urls, self._servers)}
+
+    def requests_seen(self) -> int:
+        """Requests of every path on every host so far (a test's clock for "mid-crawl")."""
+        return sum(server.requests_started for server in self._servers)
 
     def robots_txt_requests(self) -> dict[str, int]:
         """Per host (base URL): how often its robots.txt was asked for."""
