@@ -156,10 +156,13 @@ def url_block_reason(url: str, allow_private: bool = False,
     return address_block_reason(host, allow_private, allowed_networks)
 
 
+DEADLINE_PASSED = "the response's deadline passed"
+
+
 def remaining_until(deadline: float) -> float:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
-        raise TimeoutError("the response's deadline passed")
+        raise TimeoutError(DEADLINE_PASSED)
     return remaining
 
 
@@ -399,11 +402,12 @@ class Fetcher:
             except BlockedAddress as err:
                 reason = Reason.URL_BLOCKED if hop == 0 else Reason.REDIRECT_BLOCKED
                 return FetchResult(None, reason, str(err), final_url=current), None
-            except TimeoutError:
+            except TimeoutError as err:
                 # Which timer noticed first (the deadline check or the socket's own timeout)
-                # is a race: the record says what happened, so that every run writes the same.
+                # is a race: neither is named, so that every run writes the same record.
+                why = f" ({err})" if str(err) not in ("", DEADLINE_PASSED, "timed out") else ""
                 return FetchResult(None, Reason.TIMEOUT, f"no complete response within "
-                                   f"{self._config.timeout:g} s", final_url=current), None
+                                   f"{self._config.timeout:g} s{why}", final_url=current), None
             except (ValueError, UnicodeError) as err:  # e.g. a Location no URL parser accepts
                 return FetchResult(None, Reason.INVALID_URL, f"{type(err).__name__}: {err}",
                                    final_url=current), None
