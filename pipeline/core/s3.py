@@ -126,9 +126,8 @@ def split(path: str) -> tuple[str, str]:
 
 def error_code(error: BaseException) -> str | None:
     response = getattr(error, "response", None)
-    if isinstance(response, dict):
-        return str(response.get("Error", {}).get("Code")) or None
-    return None
+    code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+    return str(code) if code else None
 
 
 def _not_found(error: BaseException) -> bool:
@@ -278,16 +277,6 @@ class Upload(io.RawIOBase):
         return part
 
 
-def put(path: str, data: bytes) -> None:
-    upload = Upload(path, current_settings())
-    try:
-        upload.write(data)
-    except BaseException:
-        upload.abort()
-        raise
-    upload.close()
-
-
 def create(path: str) -> Upload:
     return Upload(path, current_settings())
 
@@ -410,11 +399,6 @@ def transient_read_errors() -> tuple[type[BaseException], ...]:
 
 def open_read(path: str) -> io.BufferedReader:
     return io.BufferedReader(RangeReader(path, current_settings()), buffer_size=MIB)
-
-
-def read(path: str) -> bytes:
-    with open_read(path) as stream:
-        return stream.read()
 
 
 # --------------------------------------------------------------------------------------------

@@ -50,8 +50,6 @@ def open_read(path: str):
 
 
 def read_bytes(path: str) -> bytes:
-    if is_s3(path):
-        return s3.read(path)
     with open_read(path) as f:
         return f.read()
 
@@ -87,9 +85,6 @@ def create_atomic(path: str):
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
-    if is_s3(path):
-        s3.put(path, data)
-        return
     with create_atomic(path) as f:
         f.write(data)
 
