@@ -68,9 +68,6 @@ class TrainConfig:
             raise ConfigError("--epoch-samples must be at least 1")
         if not self.lr > 0:
             raise ConfigError("--lr must be positive")
-        if "://" in self.output:
-            raise ConfigError("--output must be a local folder (metrics are appended to a "
-                              "file); shards may be remote")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +106,8 @@ def add_train_flags(parser) -> None:
     g.add_argument("--shards", required=True,
                    help="shard folder, brace pattern (out/shards/{000000..000009}.tar), glob, or "
                         "s3:// / gs:// URLs; several joined with '::'")
-    add_output_flag(g, required=True, help="local folder for checkpoints and metrics")
+    add_output_flag(g, required=True, help="folder or bucket prefix (s3://, gs://) for "
+                    "checkpoints, metrics.jsonl and the tokenizer")
     g.add_argument("--epoch-samples", type=int, default=None,
                    help="samples per epoch (default: the total of the shards' sizes.json)")
     g.add_argument("--workers", type=int, default=2, help="DataLoader workers per rank")
@@ -196,9 +194,11 @@ def add_eval_flags(parser) -> None:
 
 def resolve_checkpoint(path: str) -> str:
     """A checkpoint file as given, or a run folder's checkpoints/latest.pt."""
-    if os.path.isdir(path):
-        return os.path.join(path, CHECKPOINTS_FOLDER, LATEST_CHECKPOINT)
-    return path
+    if storage.is_local(path):
+        is_folder = os.path.isdir(path)
+    else:  # a bucket has no folders: a path that is no object is a run folder's prefix
+        is_folder = not storage.exists(path)
+    return storage.join(path, CHECKPOINTS_FOLDER, LATEST_CHECKPOINT) if is_folder else path
 
 
 def default_eval_output(checkpoint_path: str) -> str:
@@ -207,7 +207,7 @@ def default_eval_output(checkpoint_path: str) -> str:
     folder = os.path.dirname(resolve_checkpoint(checkpoint_path))
     if os.path.basename(folder) == CHECKPOINTS_FOLDER:
         folder = os.path.dirname(folder)
-    return os.path.join(folder, EVAL_FILE)
+    return storage.join(folder, EVAL_FILE)
 
 
 def eval_config(args, filesystem_flags: Sequence[str]) -> EvalConfig:

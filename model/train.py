@@ -35,7 +35,14 @@ import numpy as np
 import torch
 
 from openwit.model.config import ModelConfig, model_config
-from openwit.model.data import TAR_ERRORS, LoaderConfig, list_shards, make_loader, tar_members
+from openwit.model.data import (
+    TAR_ERRORS,
+    LoaderConfig,
+    apply_filesystem_flags,
+    list_shards,
+    make_loader,
+    tar_members,
+)
 from openwit.model.loss import ClipLoss
 from openwit.model.model import build_model, count_parameters
 from openwit.model.options import TrainConfig
@@ -177,11 +184,10 @@ def restore_random_states(states: dict) -> None:
 
 
 def save_checkpoint(path: str, checkpoint: dict) -> None:
-    """Written under a temporary name and renamed: a crash mid-write keeps the old one."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = path + ".inprogress"
-    torch.save(checkpoint, temporary)
-    os.replace(temporary, path)
+    """Written so that a crash mid-write keeps the old one: under a temporary name and renamed
+    in a folder, as one upload that commits at its end in a bucket (`storage.create_atomic`)."""
+    with storage.create_atomic(path) as f:
+        torch.save(checkpoint, f)
 
 
 def load_checkpoint(path: str) -> dict:
@@ -196,27 +202,36 @@ def load_checkpoint(path: str) -> dict:
 
 
 def checkpoint_path(output: str, name: str = LATEST_CHECKPOINT) -> str:
-    return os.path.join(output, CHECKPOINTS_FOLDER, name)
+    return storage.join(output, CHECKPOINTS_FOLDER, name)
 
 
 # ---------------------------------------------------------------------------------- metrics
 
 
 class MetricsLog:
-    """One JSON object per logged step in OUTPUT/metrics.jsonl (and TensorBoard if installed)."""
+    """One JSON object per logged step in OUTPUT/metrics.jsonl (and TensorBoard if installed,
+    for a local OUTPUT). In a local folder each line is appended as it is logged; in a bucket,
+    where an object cannot be appended to, the whole file is rewritten at each checkpoint and
+    at the end (`flush`), so it holds what the checkpoint has."""
 
     def __init__(self, output: str, enabled: bool, resumed_at: int):
         self._enabled = enabled
-        self._path = os.path.join(output, METRICS_FILE)
+        self._path = storage.join(output, METRICS_FILE)
+        self._local = storage.is_local(output)
+        self._lines: list[str] = []
         self._board = None
         if not enabled:
             return
-        os.makedirs(output, exist_ok=True)
-        if os.path.exists(self._path):  # drop lines past the step we resume from
-            with open(self._path) as f:
-                kept = [line for line in f if json.loads(line)["step"] <= resumed_at]
+        if storage.exists(self._path):  # drop lines past the step we resume from
+            text = storage.read_bytes(self._path).decode("utf-8")
+            self._lines = [line + "\n" for line in text.splitlines()
+                           if line and json.loads(line)["step"] <= resumed_at]
+        if self._local:
+            os.makedirs(output, exist_ok=True)
             with open(self._path, "w") as f:
-                f.writelines(kept)
+                f.writelines(self._lines)
+        else:
+            return
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is optional
@@ -226,14 +241,22 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         if not self._enabled:
             return
-        with open(self._path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        self._lines.append(line)
+        if self._local:
+            with open(self._path, "a") as f:
+                f.write(line)
         if self._board is not None:
             for name, value in record.items():
                 if isinstance(value, (int, float)) and name != "step":
                     self._board.add_scalar(name, value, record["step"])
 
+    def flush(self) -> None:
+        if self._enabled and not self._local:
+            storage.write_bytes_atomic(self._path, "".join(self._lines).encode("utf-8"))
+
     def close(self) -> None:
+        self.flush()
         if self._board is not None:
             self._board.close()
 
@@ -250,8 +273,9 @@ def train(config: TrainConfig) -> dict:
     random.seed(config.seed + dist.rank)
     np.random.seed(config.seed + dist.rank)
 
+    apply_filesystem_flags(config.filesystem_flags)  # a bucket as the output, or the shards'
     resume_from = None
-    if config.resume and os.path.exists(checkpoint_path(config.output)):
+    if config.resume and storage.exists(checkpoint_path(config.output)):
         resume_from = load_checkpoint(checkpoint_path(config.output))
     model_cfg = (ModelConfig.from_dict(resume_from["model_config"]) if resume_from
                  else model_config(config.model))
@@ -312,8 +336,9 @@ def train(config: TrainConfig) -> dict:
                     model_cfg.name, f"{count_parameters(model):,}", device, precision,
                     total_steps, config.batch_size, dist.world_size)
         if not resume_from:
-            tokenizer.save(os.path.join(config.output, TOKENIZER_FILE))
-        storage.write_json_atomic(os.path.join(config.output, RUN_FILE), {
+            storage.write_bytes_atomic(storage.join(config.output, TOKENIZER_FILE),
+                                       tokenizer.to_str().encode("utf-8"))
+        storage.write_json_atomic(storage.join(config.output, RUN_FILE), {
             "train_config": without_secrets(config), "model_config": model_cfg.to_dict(),
             "world_size": dist.world_size, "total_steps": total_steps})
 
@@ -332,6 +357,7 @@ def train(config: TrainConfig) -> dict:
             "train_config": without_secrets(config),
             "tokenizer": tokenizer.to_str(),
         })
+        metrics.flush()
 
     progress = None
     if config.progress and dist.is_main:

@@ -295,3 +295,14 @@ def assert_accounted(output) -> dict:
         stats["input_rows"], kept, sum(records.values()))
     assert not stats.get("accounting_problems")
     return {"input_rows": stats["input_rows"], "kept": kept, "failures": dict(records)}
+
+
+def bucket_objects(client, prefix: str, bucket: str = "corpus") -> dict[str, bytes]:
+    """name under `prefix`/ -> bytes, for every object of a (moto) bucket under it."""
+    found = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                 Prefix=prefix + "/"):
+        for entry in page.get("Contents", ()):
+            body = client.get_object(Bucket=bucket, Key=entry["Key"])["Body"].read()
+            found[entry["Key"].removeprefix(prefix + "/")] = body
+    return found

@@ -377,26 +377,34 @@ def test_reads_s3_shards_through_beam_in_workers(s3_shards, blank_filesystem_opt
     assert len(seen) == 40 and loader.skipped == {}
 
 
-def test_s3_shards_read_through_a_faulty_store_retry_then_skip_and_count(
-        s3_shards, blank_filesystem_options):
+def assert_reads_survive_faults(upstream: str, config_of) -> None:
+    """Shards read through tests/fault_proxy.py in front of `upstream` (resets, 503s, lost
+    answers, trickled bodies on GETs) give exactly the samples of a direct read, and a missing
+    shard is skipped and counted. `config_of(endpoint, shard_range)` is the loader's config
+    for a store reached at `endpoint`."""
     from fault_proxy import FaultPlan, FaultProxy
 
-    endpoint = s3_shards[1]
-    direct = config("s3://corpus/out/shards/{000000..000003}.tar", drop_last=False,
-                    shuffle_buffer=1, shard_shuffle=False, filesystem_flags=s3_shards)
+    direct = config_of(upstream, "{000000..000003}")
     expected = [row for _, tokens in make_loader(direct, hash_tokenizer) for row in rows(tokens)]
     plan = FaultPlan(seed=4, slow_down=0.2, reset=0.2, reset_after_forward=0.2, trickle=0.3,
                      trickle_seconds=0.1, only=lambda method, path, query: method == "GET")
-    with FaultProxy(endpoint, plan) as proxy:
-        flags = (*s3_shards[:1], proxy.url, *s3_shards[2:])
-        faulty = config("s3://corpus/out/shards/{000000..000004}.tar", drop_last=False,
-                        shuffle_buffer=1, shard_shuffle=False, filesystem_flags=flags)
-        loader = make_loader(faulty, hash_tokenizer)
+    with FaultProxy(upstream, plan) as proxy:
+        loader = make_loader(config_of(proxy.url, "{000000..000004}"), hash_tokenizer)
         seen = [row for _, tokens in loader for row in rows(tokens)]
         faults = proxy.faults
     assert faults["reset"] + faults["slow_down"] + faults["reset_after_forward"] >= 2, faults
     assert seen == expected  # every fault retried: nothing lost, nothing repeated
     assert loader.skipped == {data.UNREADABLE_SHARD: 1}  # 000004 is not there: skipped
+
+
+def test_s3_shards_read_through_a_faulty_store_retry_then_skip_and_count(
+        s3_shards, blank_filesystem_options):
+    def config_of(endpoint, shard_range):
+        flags = (*s3_shards[:1], endpoint, *s3_shards[2:])
+        return config(f"s3://corpus/out/shards/{shard_range}.tar", drop_last=False,
+                      shuffle_buffer=1, shard_shuffle=False, filesystem_flags=flags)
+
+    assert_reads_survive_faults(s3_shards[1], config_of)
 
 
 def test_webdataset_can_read_s3_through_beam_when_registered(s3_shards,
@@ -412,6 +420,39 @@ def test_webdataset_can_read_s3_through_beam_when_registered(s3_shards,
         schemes.clear()
         schemes.update(saved)
     assert len(samples) == 10 and samples[0]["txt"] == caption(1, 0).encode()
+
+
+# ------------------------------------------------------------------------------------------
+# gs:// through Beam's GCS filesystem (a local GCS emulator)
+
+@pytest.fixture
+def gcs_shards(shard_folder, gcs, request):
+    from openwit.pipeline.core import storage
+
+    prefix = f"gs://corpus/{request.node.name}/shards"
+    for path in shard_folder.iterdir():
+        storage.write_bytes_atomic(f"{prefix}/{path.name}", path.read_bytes())
+    return prefix
+
+
+@pytest.mark.slow
+def test_reads_gcs_shards_in_workers(gcs_shards):
+    cfg = config(gcs_shards + "/{000000..000003}.tar", workers=2, drop_last=False)
+    loader = make_loader(cfg, hash_tokenizer)
+    assert loader.plan.shards.total_samples == 40  # sizes.json read from the bucket too
+    seen = [row for _, tokens in loader for row in rows(tokens)]
+    assert len(seen) == 40 and loader.skipped == {}
+
+
+@pytest.mark.slow
+def test_gcs_shards_read_through_a_faulty_store_retry_then_skip_and_count(
+        gcs_shards, gcs, monkeypatch):
+    def config_of(endpoint, shard_range):
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)  # read when a read starts
+        return config(f"{gcs_shards}/{shard_range}.tar", drop_last=False, shuffle_buffer=1,
+                      shard_shuffle=False)
+
+    assert_reads_survive_faults(gcs, config_of)
 
 
 # ------------------------------------------------------------------------------------------

@@ -151,3 +151,29 @@ def test_one_client_per_store_and_process(store):
         "--s3_access_key_id", "SENTINEL-KEY", "--s3_secret_access_key", "SENTINEL-SECRET",
         "--s3_session_token", "SENTINEL-TOKEN"]))
     assert "SENTINEL" not in repr(settings)  # what a log or a traceback could show
+
+
+@pytest.mark.parametrize("calculation, sent", [("when_supported", "CRC32"),
+                                               ("when_required", None)])
+def test_parts_carry_the_checksum_botocore_is_told_to_send(store, monkeypatch, calculation,
+                                                           sent):
+    """CRC32 per part by default, as boto3's transfer manager does; none for a store that
+    rejects checksums, when botocore is told `when_required`."""
+    client, folder = store
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", calculation)
+    s3.client.cache_clear()  # the setting is read when a client is made
+    try:
+        ours = s3.client(s3.current_settings())
+        asked = []
+        ours.meta.events.register(
+            "provide-client-params.s3.*",
+            lambda params, model, **_: asked.append((model.name,
+                                                     params.get("ChecksumAlgorithm"))))
+        data = os.urandom(11 * MIB)
+        storage.write_bytes_atomic(f"s3://corpus/{folder}/c.tar", data)
+    finally:
+        s3.client.cache_clear()
+    assert storage.read_bytes(f"s3://corpus/{folder}/c.tar") == data
+    assert [name for name, _ in asked] == ["CreateMultipartUpload", "UploadPart", "UploadPart",
+                                           "UploadPart", "CompleteMultipartUpload"]
+    assert {checksum for name, checksum in asked if name != "CompleteMultipartUpload"} == {sent}

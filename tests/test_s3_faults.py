@@ -11,6 +11,7 @@ import time
 import pytest
 
 from fault_proxy import FaultPlan, FaultProxy
+from helpers import bucket_objects
 from openwit.pipeline.apps.cli import main
 from openwit.pipeline.apps.miniweb import MiniWeb, WorldConfig
 
@@ -29,14 +30,8 @@ def build_args(web, output: str, endpoint: str) -> list[str]:
 
 def corpus_files(client, prefix: str) -> dict[str, bytes]:
     """name -> bytes of the shards, their metadata and sizes.json, and the failures."""
-    files = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket="corpus",
-                                                                 Prefix=prefix + "/"):
-        for entry in page.get("Contents", ()):
-            name = entry["Key"].removeprefix(prefix + "/")
-            if name.startswith(("shards/", "failures/shard-")) and name.endswith(COMPARED):
-                files[name] = client.get_object(Bucket="corpus", Key=entry["Key"])["Body"].read()
-    return files
+    return {name: body for name, body in bucket_objects(client, prefix).items()
+            if name.startswith(("shards/", "failures/shard-")) and name.endswith(COMPARED)}
 
 
 @pytest.fixture

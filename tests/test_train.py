@@ -192,3 +192,31 @@ def test_compiled_model_trains(shards, tmp_path):
     assert run["steps"] == 2 and all(loss == loss for loss in run["losses"])
     checkpoint = load_checkpoint(str(tmp_path / "checkpoints" / "latest.pt"))
     assert not any(name.startswith("_orig_mod") for name in checkpoint["model"])
+
+
+def test_a_run_in_a_bucket_resumes_to_the_same_weights(shards, tmp_path, s3):
+    """--output s3://...: checkpoints, metrics.jsonl and the tokenizer in the bucket; a
+    stopped run resumes from the checkpoint there, as from a folder."""
+    client, endpoint = s3
+    flags = ("--s3_endpoint_url", endpoint, "--s3_access_key_id", "test",
+             "--s3_secret_access_key", "test", "--s3_region_name", "us-east-1")
+    output = "s3://corpus/train-resume"
+    uninterrupted = train(config(shards, tmp_path / "a", epochs=2, workers=1))
+    first = train(config(shards, output, epochs=2, workers=1, stop_after_steps=5,
+                         filesystem_flags=flags))
+    assert not first["finished"] and first["checkpoint"] == f"{output}/checkpoints/latest.pt"
+    resumed = train(config(shards, output, epochs=2, workers=1, resume=True,
+                           filesystem_flags=flags))
+    assert resumed["finished"] and resumed["losses"] == uninterrupted["losses"][5:]
+    a = load_checkpoint(str(tmp_path / "a" / "checkpoints" / "latest.pt"))
+    b = load_checkpoint(f"{output}/checkpoints/latest.pt")
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    stored = {entry["Key"] for entry in client.list_objects_v2(
+        Bucket="corpus", Prefix="train-resume/")["Contents"]}
+    assert stored == {f"train-resume/{name}" for name in (
+        "checkpoints/latest.pt", "metrics.jsonl", "tokenizer.json", "run.json")}
+    metrics = client.get_object(Bucket="corpus", Key="train-resume/metrics.jsonl")["Body"]
+    steps = [json.loads(line)["step"] for line in metrics.read().decode().splitlines()]
+    # Each logged step once across the stop, which logs its own last step.
+    assert steps == sorted({*range(2, 17, 2), 5})

@@ -81,8 +81,6 @@ MISTAKES = [
     (QUERIES + ["--wordnet-lemma", "head"], "unknown option(s): --wordnet-lemma"),
 
     (TRAIN + ["--batch-size", "0"], "--batch-size must be at least 1"),
-    (["train", "--shards", "{tmp}/c.csv", "--output", "s3://bucket/run"],
-     "--output must be a local folder"),
     (TRAIN, "no shards match '{tmp}/empty'"),
     (TRAIN + ["--tokenizer", "{tmp}/none.json"], "--tokenizer '{tmp}/none.json' does not exist"),
     (TRAIN + ["--lr", "fast"], "argument --lr: invalid float value: 'fast'"),

@@ -199,7 +199,7 @@ def run_demo(args, beam_args) -> int:
     from openwit.pipeline.apps.demo import demo_config, run_demo as demo
 
     options = beam_options(beam_args)
-    return demo(demo_config(args), options)
+    return demo(demo_config(args, beam_args), options)
 
 
 def web_flags(parser):

@@ -18,14 +18,14 @@ compares their zero-shot accuracy on the head and tail concepts.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
+import shutil
+import tempfile
 import time
 
 import argparse
 
-import pyarrow.parquet as pq
 import webdataset as wds
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -88,6 +88,9 @@ class DemoConfig:
     training: DemoTraining = DemoTraining()
     train: bool = True
     ablation: str | None = None
+    # The Beam flags the demo got (`--s3_endpoint_url` ...), for the trainer's and eval's
+    # readers in their own processes; they may hold credentials.
+    filesystem_flags: tuple[str, ...] = dataclasses.field(default=(), repr=False)
 
     @property
     def cap(self) -> int:
@@ -101,7 +104,9 @@ class DemoConfig:
 
 
 def add_demo_flags(parser: argparse.ArgumentParser) -> None:
-    add_output_flag(parser, default=DemoConfig.output, help="folder for everything")
+    add_output_flag(parser, default=DemoConfig.output,
+                    help="folder or bucket prefix (s3://, gs://) for everything; the mini-web "
+                         "itself is always written to this machine's disk")
     parser.add_argument("--quick", action="store_true",
                         help="a small world and a short training")
     parser.add_argument("--samples", type=int, default=None, help="candidate rows in the world")
@@ -119,7 +124,7 @@ def add_demo_flags(parser: argparse.ArgumentParser) -> None:
                              "the same pool and compare zero-shot accuracy on head and tail")
 
 
-def demo_config(args: argparse.Namespace) -> DemoConfig:
+def demo_config(args: argparse.Namespace, filesystem_flags=()) -> DemoConfig:
     samples = args.samples if args.samples is not None else (
         QUICK_SAMPLES if args.quick else DEFAULT_SAMPLES)
     training = QUICK_TRAINING if args.quick else DemoTraining()
@@ -135,7 +140,8 @@ def demo_config(args: argparse.Namespace) -> DemoConfig:
         raise ConfigError("--port must be in [0, 65535]")
     return DemoConfig(output=args.output, samples=samples, seed=args.seed, port=args.port,
                       per_query_cap=args.per_query_cap, training=training,
-                      train=not args.no_train, ablation=args.ablation)
+                      train=not args.no_train, ablation=args.ablation,
+                      filesystem_flags=tuple(filesystem_flags))
 
 
 def build_argv(config: DemoConfig, web, output: str, cap: int) -> list[str]:
@@ -175,13 +181,23 @@ def build_corpus(config: DemoConfig, web, output: str, cap: int,
     return stats
 
 
+def shard_files(shards_folder: str) -> list[str]:
+    return storage.glob(storage.join(shards_folder, "*.tar"))
+
+
+def webdataset_samples(tars: list[str]):
+    """The samples of `tars` as webdataset groups them, each tar streamed through storage (so
+    from a folder or a bucket alike; webdataset 0.2 cannot open s3:// itself)."""
+    for url in tars:
+        with storage.open_read(url) as stream:
+            yield from wds.tariterators.group_by_keys(
+                wds.tariterators.tar_file_expander([{"url": url, "stream": stream}]))
+
+
 def read_back(shards_folder: str) -> tuple[int, dict | None]:
     """Reads every shard with webdataset, as a trainer would; returns (samples, first sample)."""
-    tars = sorted(glob.glob(os.path.join(shards_folder, "*.tar")))
-    if not tars:
-        return 0, None
     count, first = 0, None
-    for sample in wds.WebDataset(tars, shardshuffle=False):
+    for sample in webdataset_samples(shard_files(shards_folder)):
         if first is None:
             first = sample
         count += 1
@@ -189,8 +205,8 @@ def read_back(shards_folder: str) -> tuple[int, dict | None]:
 
 
 def shard_sizes(shards_folder: str) -> dict[str, int]:
-    with open(layout.sizes_path(shards_folder)) as f:
-        return {name: n for name, n in sorted(json.load(f).items()) if n}
+    return {name: n for name, n in sorted(storage.read_json(layout.sizes_path(shards_folder)).items())
+            if n}
 
 
 # ------------------------------------------------------------------------- train and eval
@@ -206,7 +222,8 @@ def train_demo_model(config: DemoConfig, shards: list[str], output: str) -> dict
         shards="::".join(shards), output=output, model=training.model,
         batch_size=training.batch_size, epochs=epochs, epoch_samples=epoch_samples,
         lr=training.lr, warmup_steps=training.warmup_steps, workers=training.workers,
-        seed=config.seed, checkpoint_every=10**9, log_every=10)
+        seed=config.seed, checkpoint_every=10**9, log_every=10,
+        filesystem_flags=config.filesystem_flags)
     print(f"\nopenwit train: {training.model} on {len(shards)} shards ({epoch_samples:,} "
           f"samples) for {epochs} epochs of batch {training.batch_size}", flush=True)
     run = train(train_config)
@@ -219,7 +236,8 @@ def evaluate_run(config: DemoConfig, run_folder: str, eval_set: str,
     results = evaluate(EvalConfig(
         checkpoint=run_folder, dataset=eval_set, retrieval_shards=retrieval_shards,
         linear_probe=linear_probe, seed=config.seed,
-        output=os.path.join(run_folder, layout.EVAL_FILE)))
+        output=storage.join(run_folder, layout.EVAL_FILE),
+        filesystem_flags=config.filesystem_flags))
     print(format_results(results), flush=True)
     return results
 
@@ -259,8 +277,7 @@ def subset_shards(source_folder: str, keys: set[str], output_folder: str,
         sizes[name] = len(pending)
         pending.clear()
 
-    tars = sorted(glob.glob(os.path.join(source_folder, "*.tar")))
-    for sample in wds.WebDataset(tars, shardshuffle=False):
+    for sample in webdataset_samples(shard_files(source_folder)):
         if sample["__key__"] not in keys:
             continue
         pending.append({**json.loads(sample["json"]), "jpg": sample["jpg"]})
@@ -275,8 +292,8 @@ def subset_shards(source_folder: str, keys: set[str], output_folder: str,
 def draw_unbalanced(pool_shards: str, size: int, seed: int) -> set[str]:
     """`size` keys of the pool, uniformly at random (seeded by key): the pool's own skew."""
     keys = []
-    for path in sorted(glob.glob(os.path.join(pool_shards, "*.parquet"))):
-        keys += pq.read_table(path, columns=["key"]).column("key").to_pylist()
+    for path in storage.glob(storage.join(pool_shards, "*.parquet")):
+        keys += storage.read_parquet(path, columns=["key"]).column("key").to_pylist()
     keys.sort(key=lambda key: stable_hash64("unbalanced", str(seed), key))
     return set(keys[:size])
 
@@ -284,7 +301,7 @@ def draw_unbalanced(pool_shards: str, size: int, seed: int) -> set[str]:
 def head_and_tail(classes: list[str], pool_folder: str) -> tuple[list[str], list[str]]:
     """The eval classes split in two by how many pool candidates matched them."""
     matched = {row["query"]: row["matched"] for row in
-               pq.read_table(os.path.join(pool_folder, layout.QUERY_COUNTS_FILE)).to_pylist()}
+               storage.read_parquet(storage.join(pool_folder, layout.QUERY_COUNTS_FILE)).to_pylist()}
     ordered = sorted(classes, key=lambda name: (-matched.get(name, 0), name))
     half = len(ordered) // 2
     return ordered[:half], ordered[half:]
@@ -307,14 +324,14 @@ def arm_summary(results: dict, head: list[str], tail: list[str], samples: int) -
 def run_ablation(config: DemoConfig, web, corpus_stats: dict, options: PipelineOptions) -> dict:
     """Balanced corpus vs an unbalanced corpus of the same size from the same pool."""
     output = config.output
-    pool = os.path.join(output, POOL_FOLDER)
+    pool = storage.join(output, POOL_FOLDER)
     print("\n== ablation: the unbalanced pool (the same build without a per-query cap)",
           flush=True)
     build_corpus(config, web, pool, NO_CAP, options)
-    balanced_shards = os.path.join(output, CORPUS_FOLDER, layout.SHARDS_FOLDER)
+    balanced_shards = storage.join(output, CORPUS_FOLDER, layout.SHARDS_FOLDER)
     size = corpus_stats["written"]
-    unbalanced_shards = os.path.join(output, UNBALANCED_FOLDER, layout.SHARDS_FOLDER)
-    pool_shards = os.path.join(pool, layout.SHARDS_FOLDER)
+    unbalanced_shards = storage.join(output, UNBALANCED_FOLDER, layout.SHARDS_FOLDER)
+    pool_shards = storage.join(pool, layout.SHARDS_FOLDER)
     copied = subset_shards(pool_shards, draw_unbalanced(pool_shards, size, config.seed),
                            unbalanced_shards, config.samples_per_shard)
     print(f"unbalanced corpus: {copied:,} samples drawn uniformly from the pool's "
@@ -323,8 +340,8 @@ def run_ablation(config: DemoConfig, web, corpus_stats: dict, options: PipelineO
     eval_set = str(web.eval_dir)
     for arm, shards_folder in (("balanced", balanced_shards), ("unbalanced", unbalanced_shards)):
         print(f"\n== ablation arm: {arm}", flush=True)
-        shards = sorted(glob.glob(os.path.join(shards_folder, "*.tar")))
-        run_folder = os.path.join(output, f"run-{arm}")
+        shards = shard_files(shards_folder)
+        run_folder = storage.join(output, f"run-{arm}")
         train_demo_model(config, shards, run_folder)
         arms[arm] = evaluate_run(config, run_folder, eval_set, None, linear_probe=False)
     classes = arms["balanced"]["zero_shot"]["classes"]
@@ -335,8 +352,7 @@ def run_ablation(config: DemoConfig, web, corpus_stats: dict, options: PipelineO
         "head_classes": head, "tail_classes": tail,
         "training": dataclasses.asdict(config.training),
     }
-    with open(os.path.join(output, ABLATION_FILE), "w") as f:
-        json.dump(ablation, f, indent=1)
+    storage.write_json_atomic(storage.join(output, ABLATION_FILE), ablation, sort_keys=False)
     return ablation
 
 
@@ -359,8 +375,20 @@ def run_demo(config: DemoConfig, options: PipelineOptions) -> int:
     started = time.monotonic()
     world = WorldConfig(samples=config.samples, seed=config.seed, port=config.port)
     print(f"openwit demo: generating a mini-web of {config.samples:,} candidates...", flush=True)
-    web = start_web(world, os.path.join(config.output, "web"))
-    corpus = os.path.join(config.output, CORPUS_FOLDER)
+    # The mini-web is served from files on this machine's disk; with a bucket as the output
+    # it lives in a temporary folder that is removed when the demo ends.
+    local = storage.is_local(config.output)
+    web_folder = (os.path.join(config.output, "web") if local
+                  else tempfile.mkdtemp(prefix="openwit-demo-web-"))
+    try:
+        return _run_on_web(config, options, start_web(world, web_folder), started)
+    finally:
+        if not local:
+            shutil.rmtree(web_folder, ignore_errors=True)
+
+
+def _run_on_web(config: DemoConfig, options: PipelineOptions, web, started: float) -> int:
+    corpus = storage.join(config.output, CORPUS_FOLDER)
     ablation = None
     try:
         print(describe(web), flush=True)
@@ -370,7 +398,7 @@ def run_demo(config: DemoConfig, options: PipelineOptions) -> int:
     finally:
         web.close()
 
-    shards_folder = os.path.join(corpus, layout.SHARDS_FOLDER)
+    shards_folder = storage.join(corpus, layout.SHARDS_FOLDER)
     count, first = read_back(shards_folder)
     print(f"\nread back {count:,} samples with webdataset from {shards_folder}")
     if first is not None:
@@ -379,9 +407,9 @@ def run_demo(config: DemoConfig, options: PipelineOptions) -> int:
     ok = count == stats["written"] and not stats.get("accounting_problems")
 
     run_folder, results = None, None
-    shards = sorted(glob.glob(os.path.join(shards_folder, "*.tar")))
+    shards = shard_files(shards_folder)
     if config.train and len(shards) >= 2:
-        run_folder = os.path.join(config.output, RUN_FOLDER)
+        run_folder = storage.join(config.output, RUN_FOLDER)
         train_demo_model(config, shards[:-1], run_folder)
         removed = stats.get("duplicates_removed", {}).get("eval_duplicate", 0)
         print(f"\nopenwit eval: zero-shot on {web.eval_dir} (rendered from seeds disjoint "
@@ -392,9 +420,9 @@ def run_demo(config: DemoConfig, options: PipelineOptions) -> int:
         print("\nnot training: the corpus has fewer than two shards (one is held out)")
         ok = False
 
-    ablation_file = os.path.join(config.output, ABLATION_FILE) if ablation else None
+    ablation_file = storage.join(config.output, ABLATION_FILE) if ablation else None
     report = write_report(corpus, run_folder, ablation_file,
-                          os.path.join(config.output, REPORT_FILE))
+                          storage.join(config.output, REPORT_FILE))
     if ablation:
         print(format_ablation(ablation))
     print(f"\ndemo finished in {time.monotonic() - started:.0f} s; everything is in "

@@ -33,6 +33,7 @@ from apache_beam.options.value_provider import RuntimeValueProvider
 MIB = 1024 * 1024
 MIN_PART_BYTES = 5 * MIB  # S3's smallest part but the last
 MAX_PARTS = 10_000  # S3's most parts per upload
+PART_CHECKSUM = "CRC32"  # what boto3's transfer manager asks for by default
 DELETE_BATCH = 1000  # S3's most keys per DeleteObjects
 # Failures of a body already under way, which botocore's retries do not cover: a read resumes
 # from the byte it reached.
@@ -45,11 +46,11 @@ class ObjectStoreOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument(
-            "--s3_part_size_mb", type=int, default=16,
+            "--s3_part_size_mb", type=int, default=8,
             help="multipart upload part size in MiB (at least 5); an object smaller than one "
                  "part is one PutObject")
         parser.add_argument(
-            "--s3_upload_threads", type=int, default=8,
+            "--s3_upload_threads", type=int, default=10,
             help="parts of one object uploaded at once")
         parser.add_argument(
             "--s3_max_attempts", type=int, default=10,
@@ -68,8 +69,8 @@ class S3Settings:
     session_token: str | None = dataclasses.field(default=None, repr=False)
     verify: str | None = None
     use_ssl: bool = True
-    part_bytes: int = 16 * MIB
-    upload_threads: int = 8
+    part_bytes: int = 8 * MIB
+    upload_threads: int = 10
     max_attempts: int = 10
 
     @classmethod
@@ -155,6 +156,12 @@ class Upload(io.RawIOBase):
         # At most this many parts wait in memory (uploading or queued) besides the buffer.
         self._slots = threading.Semaphore(settings.upload_threads + 1)
         self._finished = False
+        # A CRC32 per part, as boto3's transfer manager asks for unless botocore is told
+        # `request_checksum_calculation = when_required` (for stores that reject checksums):
+        # the store checks each part, and the object's checksum is made of the parts' (with
+        # none named, a store may checksum the whole object again at completion).
+        wanted = self._client.meta.config.request_checksum_calculation == "when_supported"
+        self._checksum = {"ChecksumAlgorithm": PART_CHECKSUM} if wanted else {}
 
     def writable(self) -> bool:
         return True
@@ -249,7 +256,7 @@ class Upload(io.RawIOBase):
     def _send_part(self, body: bytes) -> None:
         if self._upload_id is None:
             self._upload_id = self._client.create_multipart_upload(
-                Bucket=self._bucket, Key=self._key)["UploadId"]
+                Bucket=self._bucket, Key=self._key, **self._checksum)["UploadId"]
             self._pool = concurrent.futures.ThreadPoolExecutor(
                 self._settings.upload_threads, thread_name_prefix="s3-upload")
         number = len(self._parts) + 1
@@ -266,14 +273,12 @@ class Upload(io.RawIOBase):
         try:
             answer = self._client.upload_part(Bucket=self._bucket, Key=self._key,
                                               UploadId=self._upload_id, PartNumber=number,
-                                              Body=body)
+                                              Body=body, **self._checksum)
         finally:
             self._slots.release()
         part = {"PartNumber": number, "ETag": answer["ETag"]}
-        for checksum in ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME",
-                         "ChecksumSHA1", "ChecksumSHA256"):
-            if checksum in answer:
-                part[checksum] = answer[checksum]
+        if f"Checksum{PART_CHECKSUM}" in answer:
+            part[f"Checksum{PART_CHECKSUM}"] = answer[f"Checksum{PART_CHECKSUM}"]
         return part
 
 

@@ -42,11 +42,23 @@ def is_s3(path: str) -> bool:
     return path.startswith("s3://")
 
 
+def is_local(path: str) -> bool:
+    """A path on this machine's disk (no scheme, or file://), not an object store's."""
+    return FileSystems.get_scheme(path) in (None, "file")
+
+
 def open_read(path: str):
     """A seekable binary stream of the file as stored (no decompression by extension)."""
     if is_s3(path):
         return s3.open_read(path)
-    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    try:
+        return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    # Beam's GCS client raises google-api-core's NotFound, not an OSError: one exception for a
+    # missing file whatever the store, as locally and on s3://.
+    except Exception as err:  # noqa: BLE001 - re-raised unless it is a 404
+        if getattr(err, "code", None) == 404:
+            raise FileNotFoundError(f"{path}: no such file") from err
+        raise
 
 
 def read_bytes(path: str) -> bytes:
