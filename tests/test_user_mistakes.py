@@ -51,6 +51,16 @@ MISTAKES = [
     (CURATE + ["--languges", "fr"], "unknown option(s): --languges"),
     (["curate", "--output", "{tmp}/out"], "--candidates is required"),
 
+    (["candidates", "--wat", "{tmp}/none.wat.gz", "--output", "{tmp}/out"],
+     "--wat '{tmp}/none.wat.gz' matches no file"),
+    (["candidates", "--output", "{tmp}/out"], "one of the arguments --wat --warc is required"),
+    (["candidates", "--wat", "{tmp}/c.csv", "--warc", "{tmp}/c.csv"],
+     "argument --warc: not allowed with argument --wat"),
+    (["candidates", "--wat", "{tmp}/c.csv", "--max-record-mb", "0"],
+     "--max-record-mb must be at least 1"),
+    (["build", "--candidates", "{tmp}/c.csv", "--wat", "{tmp}/c.csv", "--output", "{tmp}/out"],
+     "give --candidates or crawl files (--wat / --warc), not both"),
+
     (DOWNLOAD + ["--download-threads", "0"], "--download-threads must be at least 1"),
     (["download", "--curated", "{tmp}/empty", "--output", "{tmp}/out"],
      "--curated '{tmp}/empty' holds no stats.json"),
@@ -162,22 +172,25 @@ def test_every_command_has_its_mistakes_tested():
     assert tested == {command.name for command in COMMANDS}
 
 
-@pytest.mark.parametrize("command", ["curate", "download", "build", "hashes", "queries", "train",
-                                     "eval", "demo", "web", "report"])
+@pytest.mark.parametrize("command", ["candidates", "curate", "download", "build", "hashes",
+                                     "queries", "train", "eval", "demo", "web", "report"])
 def test_help_lists_the_commands_own_flags(capsys, command):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    own = {"curate": ["--candidates", "--languages", "--oversample"],
+    own = {"candidates": ["--wat", "--warc", "--max-record-mb", "wat.paths.gz"],
+           "curate": ["--candidates", "--languages", "--oversample"],
            "download": ["--curated", "--download-threads", "--image-size"],
-           "build": ["--candidates", "--languages", "--download-threads", "--exclude-images",
+           "build": ["--candidates", "--wat", "--languages", "--download-threads",
+                     "--exclude-images",
                      "--near-duplicate-distance"],
            "hashes": ["--output", "--hash-kind", "--hash-size", "--hash-views"],
            "queries": ["--wikipedia-dump", "--min-bigram-pmi"],
            "train": ["--shards", "--batch-size"], "eval": ["--checkpoint", "--templates"],
            "demo": ["--quick", "--ablation"], "web": ["--no-serve"], "report": ["--run"]}
-    foreign = {"curate": ["--download-threads", "--curated"], "download": ["--languages",
+    foreign = {"candidates": ["--candidates", "--languages"],
+               "curate": ["--download-threads", "--curated"], "download": ["--languages",
                                                                           "--candidates"],
                "queries": ["--candidates"], "train": ["--candidates"],
                "web": ["--candidates"], "report": ["--candidates"]}

@@ -1,4 +1,5 @@
-"""The `openwit` command: curate, download, build, hashes, queries, train, eval, demo, web, report.
+"""The `openwit` command: candidates, curate, download, build, hashes, queries, train, eval,
+demo, web, report.
 
 One route from a command line to a config: the command's own parser (its flags are defined
 beside the conversion to its config dataclass, in the module named in its `*_flags` function
@@ -119,6 +120,31 @@ def run_download(args, beam_args) -> int:
     stats = download(config, curated, options)
     print(format_summary(stats, config.shards.output))
     return 1 if stats.get("accounting_problems") else 0
+
+
+CANDIDATES_EPILOG = """\
+Common Crawl: the crawl's WAT paths are listed in
+https://data.commoncrawl.org/crawl-data/CC-MAIN-YYYY-WW/wat.paths.gz; the files are at
+s3://commoncrawl/<path> (anonymous access inside AWS us-east-1) or
+https://data.commoncrawl.org/<path>. Pass s3:// paths or globs with Beam's --s3_* flags, or a
+downloaded copy's local paths.
+"""
+
+
+def candidates_flags(parser):
+    from openwit.pipeline.crawl.config import add_candidates_flags
+
+    add_candidates_flags(parser)
+
+
+def run_candidates(args, beam_args) -> int:
+    from openwit.pipeline.crawl.config import crawl_config
+    from openwit.pipeline.jobs.candidates import extract_candidates, format_candidates_summary
+
+    options = beam_options(beam_args)
+    stats = extract_candidates(crawl_config(args), options)
+    print(format_candidates_summary(stats))
+    return 0
 
 
 def build_flags(parser):
@@ -257,11 +283,13 @@ class Command:
 
 
 COMMANDS = (
+    Command("candidates", "Common Crawl WAT (or WARC) files -> image URL / alt-text candidates",
+            candidates_flags, run_candidates, CANDIDATES_EPILOG),
     Command("curate", "candidate lists -> matched, balanced, language-filtered candidates",
             curate_flags, run_curate, CURATE_EPILOG),
     Command("download", "curated candidates (`openwit curate`'s output) -> WebDataset shards",
             download_flags, run_download, DOWNLOAD_EPILOG),
-    Command("build", "candidate URL/caption lists -> WebDataset shards (curate + download)",
+    Command("build", "candidate lists or crawl files -> WebDataset shards (curate + download)",
             build_flags, run_build, BUILD_EPILOG),
     Command("hashes", "perceptual hashes of an evaluation set, for --exclude-images",
             hashes_flags, run_hashes),

@@ -27,6 +27,11 @@ Three folders have a fixed shape, and each name below is defined here and nowher
         FILE.json                      {"format": HASH_LIST_FORMAT, "kind", "size",
                                         "hashes": [[[hash, ...], source]], "unreadable": [...]}
 
+    candidates folder (`openwit candidates`; `openwit build --wat` writes it as OUTPUT/candidates)
+        candidates-*.parquet           CRAWL_CANDIDATE_SCHEMA: one row per (url, alt) pair,
+                                       what `--candidates` reads (url, caption columns)
+        stats.json                     files, records, pages, image links, drops by reason
+
     run folder (`openwit train`, `openwit eval`)
         checkpoints/latest.pt          the checkpoint (a plain dict)
         tokenizer.json                 the tokenizer trained on the shards' captions
@@ -157,6 +162,29 @@ def sizes_path(shards_folder: str) -> str:
 
 
 HASH_LIST_FORMAT = "openwit-image-hashes/2"  # /2: several views per image
+
+# --------------------------------------------------------------------- candidates folder
+
+CANDIDATES_FOLDER = "candidates"  # inside a corpus folder built with `openwit build --wat`
+CANDIDATES_PREFIX = "candidates"
+
+CRAWL_CANDIDATE_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),  # sample_key(url, caption): the key the corpus will give it
+        ("url", pa.string()),  # absolute, normalised image URL
+        ("caption", pa.string()),  # the alt text
+        ("title", pa.string()),  # the <img title>, when present
+        ("page_url", pa.string()),
+        ("crawl_date", pa.string()),  # WARC-Date of the page's response record
+        ("record_id", pa.string()),  # WARC-Record-ID of the page's response record
+    ]
+)
+
+
+def candidates_pattern(folder: str) -> str:
+    """What `--candidates` is given to read a candidates folder."""
+    return storage.join(folder, f"{CANDIDATES_PREFIX}-*.parquet")
+
 
 # --------------------------------------------------------------------- query table folder
 

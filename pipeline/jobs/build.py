@@ -2,6 +2,10 @@
 
     candidate lists -> [text half: jobs/text_half.py] -> [image half: jobs/image_half.py]
                     -> shards/, stats.json, query_counts.parquet, failures/
+
+With crawl files (`--wat` / `--warc`) instead of lists, `jobs/candidates.py` extracts their
+candidates into OUTPUT/candidates/ first (a job of its own, which a rerun finds finished), and
+the build reads those.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from openwit.pipeline.core import storage
+from openwit.pipeline.core import layout, storage
 from openwit.pipeline.core.beam import with_local_runner
+from openwit.pipeline.core.errors import ConfigError
 from openwit.pipeline.core.flags import add_output_flag
+from openwit.pipeline.crawl.config import CrawlConfig, add_crawl_input_flags, crawl_config, crawl_inputs
 from openwit.pipeline.images.config import ImageHalfConfig, add_download_stage_flags, image_half_config
 from openwit.pipeline.jobs.curate import (
     check_inputs,
@@ -25,6 +31,11 @@ from openwit.pipeline.jobs.curate import (
     clear_work_folder,
     finish_stats,
     remove_leftovers,
+)
+from openwit.pipeline.jobs.candidates import (
+    CRAWL_SUMMARY,
+    extract_candidates,
+    format_candidates_summary,
 )
 from openwit.pipeline.jobs.image_half import ImageHalf, excluded_images
 from openwit.pipeline.jobs.rerun import INPUTS_FIELD, finished_stats, input_versions
@@ -42,6 +53,7 @@ class BuildConfig:
 
     curate: CurateConfig
     images: ImageHalfConfig
+    crawl: CrawlConfig | None = None  # `--wat` / `--warc`: extracted first, then read
 
     def validate(self) -> None:
         self.curate.validate()
@@ -53,14 +65,27 @@ def add_build_flags(parser: argparse.ArgumentParser) -> None:
     add_output_flag(parser.add_argument_group("output"),
                     help="output folder (local or s3:// / gs://)")
     add_input_flags(parser)
+    add_crawl_input_flags(parser.add_argument_group(
+        "or crawl files (instead of --candidates: their candidates go to OUTPUT/candidates)"),
+        required=False)
     add_text_flags(parser)
     add_download_stage_flags(parser)
 
 
 def build_config(args: argparse.Namespace) -> BuildConfig:
-    curate = curate_config(args)
+    crawl, candidates = None, None
+    if crawl_inputs(args) is not None:
+        if args.candidates:
+            raise ConfigError("give --candidates or crawl files (--wat / --warc), not both")
+        if not args.output:
+            raise ConfigError("--output is required")
+        crawl = crawl_config(args, output=storage.join(args.output.rstrip("/"),
+                                                       layout.CANDIDATES_FOLDER))
+        candidates = (layout.candidates_pattern(crawl.output),)
+    curate = curate_config(args, candidates)
     return BuildConfig(curate=curate,
-                       images=image_half_config(args, default_cap=curate.balance.per_query_cap))
+                       images=image_half_config(args, default_cap=curate.balance.per_query_cap),
+                       crawl=crawl)
 
 
 class BuildCorpus(beam.PTransform):
@@ -113,6 +138,14 @@ def build(config: BuildConfig, options: PipelineOptions) -> dict:
     # s3:// and gs:// take credentials and endpoints from the options, at launch too.
     FileSystems.set_options(options)
     config.validate()
+    crawl_stats = None
+    if config.crawl is not None:
+        crawl_stats = extract_candidates(config.crawl, options)
+        for line in format_candidates_summary(crawl_stats).splitlines():
+            LOGGER.info("crawl: %s", line)
+        if not crawl_stats["candidates"]:
+            raise ConfigError(f"the crawl files hold no image link with alt text "
+                              f"(see {storage.join(config.crawl.output, layout.STATS_FILE)})")
     check_inputs(config.curate)
     output = config.images.shards.output
     storage.check_writable(output)
@@ -127,5 +160,8 @@ def build(config: BuildConfig, options: PipelineOptions) -> dict:
         pipeline | "Build corpus" >> BuildCorpus(config, completed, excluded)
     clear_work_folder(output)
     balance = dataclasses.asdict(config.curate.balance)
-    return finish_stats(output, started, {
-        "balance": {**balance, "target": config.curate.balance.target}, INPUTS_FIELD: inputs})
+    extra = {"balance": {**balance, "target": config.curate.balance.target},
+             INPUTS_FIELD: inputs}
+    if crawl_stats is not None:
+        extra["crawl"] = {name: crawl_stats[name] for name in CRAWL_SUMMARY}
+    return finish_stats(output, started, extra)

@@ -138,9 +138,12 @@ def add_curate_flags(parser: argparse.ArgumentParser) -> None:
     add_text_flags(parser)
 
 
-def curate_config(args: argparse.Namespace) -> CurateConfig:
-    """The parsed flags of `add_curate_flags` -> CurateConfig (validated)."""
-    if not args.candidates:
+def curate_config(args: argparse.Namespace,
+                  candidates: tuple[str, ...] | None = None) -> CurateConfig:
+    """The parsed flags of `add_curate_flags` -> CurateConfig (validated). `candidates`, when
+    given, are read instead of `--candidates` (`openwit build --wat` reads what it extracted)."""
+    candidates = candidates or tuple(args.candidates or ())
+    if not candidates:
         raise ConfigError("--candidates is required (a file, a glob, or several)")
     if not args.output:
         raise ConfigError("--output is required")
@@ -149,7 +152,7 @@ def curate_config(args: argparse.Namespace) -> CurateConfig:
     )
     per_query_cap = DEFAULT_PER_QUERY_CAP if args.per_query_cap is None else args.per_query_cap
     config = CurateConfig(
-        read=ReadConfig(candidates=tuple(args.candidates), url_column=args.url_col,
+        read=ReadConfig(candidates=candidates, url_column=args.url_col,
                         caption_column=args.caption_col, input_format=args.input_format),
         normalise=NormaliseConfig(max_caption_chars=args.max_caption_chars),
         match=MatchConfig(queries=args.queries, case_sensitive=args.case_sensitive,

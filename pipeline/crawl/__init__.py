@@ -1,0 +1,1 @@
+"""Candidates from a web crawl: WAT and WARC files -> (image URL, alt text) pairs."""
