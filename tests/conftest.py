@@ -27,9 +27,11 @@ S3_CREDENTIALS = {"aws_access_key_id": "test", "aws_secret_access_key": "test",
                   "region_name": "us-east-1"}
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def s3():
-    """A moto S3 server on 127.0.0.1 with a bucket "corpus": (boto3 client, endpoint URL)."""
+    """A moto S3 server on 127.0.0.1 with a bucket "corpus": (boto3 client, endpoint URL).
+    One per session: moto keeps one store per process anyway, so tests write under their
+    own prefixes."""
     boto3 = pytest.importorskip("boto3")
     moto_server = pytest.importorskip("moto.server")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per S3 request

@@ -23,7 +23,7 @@ def test_the_demo_writes_everything_to_a_bucket(s3, tmp_path, monkeypatch, capfd
     client_flags = ["--s3_endpoint_url", endpoint, "--s3_access_key_id", "test",
                     "--s3_secret_access_key", SECRET, "--s3_region_name", "us-east-1"]
     monkeypatch.chdir(tmp_path)
-    assert main(["demo", "--quick", "--samples", "300", "--train-samples", "960",
+    assert main(["demo", "--quick", "--samples", "300", "--train-samples", "320",
                  "--port", "0", "--output", "s3://corpus/demo", *client_flags]) == 0
 
     stored = bucket_objects(client, "demo")

@@ -34,18 +34,26 @@ def corpus_files(client, prefix: str) -> dict[str, bytes]:
             if name.startswith(("shards/", "failures/shard-")) and name.endswith(COMPARED)}
 
 
+@pytest.fixture(scope="module")
+def clean_build(s3, tmp_path_factory):
+    """(web, the shards of a clean build): built once for the module's tests."""
+    client, endpoint = s3
+    config = WorldConfig(samples=90, seed=3, slow_seconds=3.0, eval_images_per_class=1)
+    with MiniWeb(config, tmp_path_factory.mktemp("web")) as web:
+        assert main(build_args(web, "s3://corpus/s3-faults-clean", endpoint)) == 0
+        clean = corpus_files(client, "s3-faults-clean")
+        assert sum(name.endswith(".tar") for name in clean) >= 2
+        yield web, clean
+
+
 @pytest.fixture
-def world(s3, tmp_path, request):
+def world(s3, clean_build, request):
     """(web, client, endpoint, the shards of a clean build, a folder for this test). The
     folder is named after the test: the proxy's faults are seeded by the paths they hit."""
     client, endpoint = s3
     folder = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")
-    config = WorldConfig(samples=90, seed=3, slow_seconds=3.0, eval_images_per_class=1)
-    with MiniWeb(config, tmp_path / "web") as web:
-        assert main(build_args(web, f"s3://corpus/{folder}/clean", endpoint)) == 0
-        clean = corpus_files(client, f"{folder}/clean")
-        assert sum(name.endswith(".tar") for name in clean) >= 2
-        yield web, client, endpoint, clean, folder
+    web, clean = clean_build
+    return web, client, endpoint, clean, folder
 
 
 def test_a_build_through_a_faulty_store_writes_the_same_shards(world):

@@ -83,14 +83,22 @@ def test_loss_falls_on_a_learnable_corpus(shards, tmp_path):
     assert all(r["samples_per_s"] > 0 and 0 <= r["data_fraction"] <= 1 for r in lines)
 
 
-def test_a_killed_run_resumes_to_the_same_weights(shards, tmp_path):
-    uninterrupted = train(config(shards, tmp_path / "a", epochs=2, workers=1))
+@pytest.fixture(scope="module")
+def uninterrupted(shards, tmp_path_factory):
+    """(summary, final checkpoint) of a 16-step run that nothing stopped: what a stopped and
+    resumed run must end with."""
+    output = tmp_path_factory.mktemp("uninterrupted")
+    run = train(config(shards, output, epochs=2, workers=1))
+    return run, load_checkpoint(str(output / "checkpoints" / "latest.pt"))
+
+
+def test_a_killed_run_resumes_to_the_same_weights(shards, tmp_path, uninterrupted):
+    uninterrupted, a = uninterrupted
     first = train(config(shards, tmp_path / "b", epochs=2, workers=1, stop_after_steps=5))
     assert not first["finished"] and first["steps"] == 5
     resumed = train(config(shards, tmp_path / "b", epochs=2, workers=1, resume=True))
     assert resumed["finished"] and resumed["steps"] == uninterrupted["steps"] == 16
     assert resumed["losses"] == uninterrupted["losses"][5:]
-    a = load_checkpoint(str(tmp_path / "a" / "checkpoints" / "latest.pt"))
     b = load_checkpoint(str(tmp_path / "b" / "checkpoints" / "latest.pt"))
     assert a["step"] == b["step"] == 16
     for name, tensor in a["model"].items():
@@ -194,21 +202,20 @@ def test_compiled_model_trains(shards, tmp_path):
     assert not any(name.startswith("_orig_mod") for name in checkpoint["model"])
 
 
-def test_a_run_in_a_bucket_resumes_to_the_same_weights(shards, tmp_path, s3):
+def test_a_run_in_a_bucket_resumes_to_the_same_weights(shards, s3, uninterrupted):
     """--output s3://...: checkpoints, metrics.jsonl and the tokenizer in the bucket; a
     stopped run resumes from the checkpoint there, as from a folder."""
     client, endpoint = s3
     flags = ("--s3_endpoint_url", endpoint, "--s3_access_key_id", "test",
              "--s3_secret_access_key", "test", "--s3_region_name", "us-east-1")
     output = "s3://corpus/train-resume"
-    uninterrupted = train(config(shards, tmp_path / "a", epochs=2, workers=1))
+    uninterrupted, a = uninterrupted
     first = train(config(shards, output, epochs=2, workers=1, stop_after_steps=5,
                          filesystem_flags=flags))
     assert not first["finished"] and first["checkpoint"] == f"{output}/checkpoints/latest.pt"
     resumed = train(config(shards, output, epochs=2, workers=1, resume=True,
                            filesystem_flags=flags))
     assert resumed["finished"] and resumed["losses"] == uninterrupted["losses"][5:]
-    a = load_checkpoint(str(tmp_path / "a" / "checkpoints" / "latest.pt"))
     b = load_checkpoint(f"{output}/checkpoints/latest.pt")
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
