@@ -70,11 +70,8 @@ class ExtractFromFile(beam.DoFn):
             with storage.open_read(path) as stream:
                 for candidate in self._candidates(stream, counts):
                     bucket = pending.setdefault(bucket_of(candidate["key"], self._buckets), {})
-                    kept = bucket.get(candidate["key"])
-                    if kept is None:
-                        held += 1
-                    if kept is None or crawl_order(candidate) < crawl_order(kept):
-                        bucket[candidate["key"]] = candidate
+                    held += candidate["key"] not in bucket
+                    keep_first_crawled(bucket, candidate)
                     if held >= self._flush_pairs:
                         yield from _batches(pending)
                         pending, held = {}, 0
@@ -143,15 +140,20 @@ def crawl_order(candidate: dict) -> tuple:
             candidate["record_id"] or "", candidate["title"] or "")
 
 
+def keep_first_crawled(kept: dict[str, dict], candidate: dict) -> None:
+    """Holds `candidate` in `kept` (by key) unless a copy crawled before it is there."""
+    other = kept.get(candidate["key"])
+    if other is None or crawl_order(candidate) < crawl_order(other):
+        kept[candidate["key"]] = candidate
+
+
 def one_per_pair(bucket_and_batches) -> list[dict]:
     """A bucket's batches -> its candidates, one per pair (the first crawled), by key."""
     _, batches = bucket_and_batches
     kept: dict[str, dict] = {}
     for batch in batches:
         for candidate in batch:
-            other = kept.get(candidate["key"])
-            if other is None or crawl_order(candidate) < crawl_order(other):
-                kept[candidate["key"]] = candidate
+            keep_first_crawled(kept, candidate)
     return [kept[key] for key in sorted(kept)]
 
 

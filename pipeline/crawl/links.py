@@ -81,14 +81,11 @@ class Base:
 
     def plain_join(self, src: str) -> str | None:
         """The resolved, normalised URL of a plain link, or None for any other link."""
-        # urllib resolves dot segments and drops empty ones ("a//b"): those take its path.
-        if "/." in src or src.endswith("?"):
-            return None
-        if _PLAIN_ABSOLUTE.fullmatch(src):
-            return src if _is_plain_absolute(src) else None
-        if "//" in src:
-            return None
-        if self._origin is None:
+        if _is_plain_absolute(src):
+            return src
+        # urllib resolves dot segments and drops empty ones ("a//b"): those take its path, as
+        # does every absolute link that is not plain (it holds "//").
+        if "/." in src or src.endswith("?") or "//" in src or self._origin is None:
             return None
         if _PLAIN_ROOTED.fullmatch(src):
             return self._origin + src

@@ -9,7 +9,6 @@ settings ends at once (`rerun.py`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 
@@ -26,7 +25,7 @@ from openwit.pipeline.crawl.links import LinkDrop
 from openwit.pipeline.crawl.pages import PageCount
 from openwit.pipeline.crawl.records import ReadCount
 from openwit.pipeline.jobs.curate import remove_leftovers
-from openwit.pipeline.jobs.rerun import INPUTS_FIELD, input_versions
+from openwit.pipeline.jobs.rerun import INPUTS_FIELD, input_versions, stats_of_same_run
 from openwit.pipeline.text.parts import WriteParquetParts
 
 LOGGER = logging.getLogger("openwit")
@@ -42,23 +41,23 @@ DROPPED_LINKS = (CrawlCount.NO_ALT, LinkDrop.DATA_URI, LinkDrop.NOT_HTTP, LinkDr
                  LinkDrop.INVALID_URL)
 
 
-def check_crawl_inputs(config: CrawlConfig) -> int:
-    """How many files the patterns match; a pattern that matches none is the user's to fix."""
-    files = set()
+def crawl_inputs_with_versions(config: CrawlConfig) -> list[dict]:
+    """Every file the patterns match, with size and version; a pattern that matches none is
+    the user's to fix."""
+    inputs = input_versions(list(config.inputs))
+    matched = {entry["pattern"] for entry in inputs}
     for pattern in config.inputs:
-        matched = storage.glob(pattern)
-        if not matched:
+        if pattern not in matched:
             raise ConfigError(f"--{config.mode} {pattern!r} matches no file")
-        files.update(matched)
-    return len(files)
+    return inputs
 
 
 def extract_candidates(config: CrawlConfig, options: PipelineOptions) -> dict:
     """Runs the extraction to completion (or finds it finished) and returns its stats."""
     FileSystems.set_options(options)
-    files = check_crawl_inputs(config)
+    inputs = crawl_inputs_with_versions(config)
+    files = len({entry["path"] for entry in inputs})
     storage.check_writable(config.output)
-    inputs = input_versions(list(config.inputs))
     run_config = dataclasses.asdict(config)
     finished = finished_candidates(config.output, run_config, inputs)
     if finished is not None:
@@ -85,23 +84,13 @@ def extract_candidates(config: CrawlConfig, options: PipelineOptions) -> dict:
 def finished_candidates(output: str, run_config: dict, inputs: list[dict]) -> dict | None:
     """The stats of a finished extraction with these settings over these files, if its
     candidate files are all there (it has no shards: `rerun.finished_stats` is for corpora)."""
-    try:
-        stats = storage.read_json(storage.join(output, layout.STATS_FILE))
-    except (OSError, ValueError):
-        return None
-    if stats.get(INPUTS_FIELD) != inputs or stats.get("config") != _plain(run_config):
-        return None
-    written = len(storage.glob(layout.candidates_pattern(output)))
-    if written != stats.get("candidate_files"):
+    stats = stats_of_same_run(output, run_config, inputs)
+    if stats is None or len(storage.glob(layout.candidates_pattern(output))) != stats.get(
+            "candidate_files"):
         return None
     LOGGER.info("%s already holds these crawl files' candidates (same settings); nothing "
                 "to do", output)
     return stats
-
-
-def _plain(value):
-    """As a config reads back from stats.json (tuples become lists)."""
-    return json.loads(json.dumps(value))
 
 
 def write_stats(output: str, counts: dict, candidate_files: int, run_config: dict,
@@ -120,7 +109,7 @@ def write_stats(output: str, counts: dict, candidate_files: int, run_config: dic
         "dropped_links": {name: counts.get(name, 0) for name in DROPPED_LINKS},
         "skipped_records": {name: counts.get(name, 0) for name in SKIPPED_RECORDS},
         "read_problems": {name: counts.get(name, 0) for name in READ_PROBLEMS},
-        "config": _plain(run_config),
+        "config": run_config,
         INPUTS_FIELD: inputs,
     }
     known = {CrawlCount.FILES, CrawlCount.RECORDS, CrawlCount.PAGES, CrawlCount.IMAGE_LINKS,

@@ -37,8 +37,8 @@ def _versions(pattern: str, infos) -> list[dict]:
             for info in infos]
 
 
-def finished_stats(output: str, run_config: dict, inputs: list[dict]) -> dict | None:
-    """The stats of a finished run of this job over `output`, or None if it must run."""
+def stats_of_same_run(output: str, run_config: dict, inputs: list[dict]) -> dict | None:
+    """`output`'s stats.json if a run with these settings over these inputs wrote it."""
     try:
         stats = storage.read_json(storage.join(output, layout.STATS_FILE))
     # No stats.json yet (each filesystem says so its own way), or one that cannot be read:
@@ -47,6 +47,14 @@ def finished_stats(output: str, run_config: dict, inputs: list[dict]) -> dict | 
         return None
     if stats.get(INPUTS_FIELD) != inputs or _canonical(stats.get("config")) != _canonical(
             run_config):
+        return None
+    return stats
+
+
+def finished_stats(output: str, run_config: dict, inputs: list[dict]) -> dict | None:
+    """The stats of a finished run of this job over `output`, or None if it must run."""
+    stats = stats_of_same_run(output, run_config, inputs)
+    if stats is None:
         return None
     shards = stats.get("shards") or {}
     names = {path.rsplit("/", 1)[-1]
