@@ -31,7 +31,7 @@ from apache_beam.pvalue import AsList
 
 from openwit.pipeline.core import storage
 from openwit.pipeline.core import layout
-from openwit.pipeline.core.beam import with_local_runner
+from openwit.pipeline.core.beam import DryRun, check_launch, run_pipeline, with_local_runner
 from openwit.pipeline.core.errors import ConfigError
 from openwit.queries.config import QueriesConfig
 from openwit.queries.pageviews import ReadPageviews, TitlesFromPageviews
@@ -201,22 +201,39 @@ def check_inputs(config: QueriesConfig) -> None:
                               "(install Debian's wordnet-base, or pass --wordnet none)")
 
 
-def build_queries(config: QueriesConfig, options: PipelineOptions) -> dict:
-    """Runs `openwit queries` to completion and returns its stats."""
+def build_queries(config: QueriesConfig, options: PipelineOptions) -> dict | DryRun:
+    """Runs `openwit queries` to completion and returns its stats; in a dry run, translates
+    the graph and touches no storage. WordNet's folder is read by the workers: the Dataflow
+    container (infra/dataflow/) carries Debian's at the default place."""
     FileSystems.set_options(options)
     config.validate()
-    check_inputs(config)
+    dry_run = check_launch(options, {
+        "--wikipedia-dump": list(config.wikipedia.dumps),
+        "--pageviews": list(config.titles.pageviews),
+        "--extra-queries": list(config.table.extra_queries),
+        "--stop-list": list(config.table.stop_lists),
+        "--output": [config.table.output]})
+    if dry_run:
+        return run_pipeline(queries_graph(config, options))
+    with storage.at_launch():
+        check_inputs(config)
     if not config.wordnet.folder:
         LOGGER.warning("WordNet is not used (none installed at the default place, or "
                        "--wordnet none): the table lacks the paper's synset queries")
     started = time.monotonic()
-    with beam.Pipeline(options=with_local_runner(options)) as pipeline:
-        pipeline | "Query table" >> BuildQueryTable(config)
-    stats = storage.read_json(storage.join(config.table.output,
-                                           layout.QUERY_TABLE_STATS_FILE))
+    run_pipeline(queries_graph(config, options))
+    with storage.at_launch():
+        stats = storage.read_json(storage.join(config.table.output,
+                                               layout.QUERY_TABLE_STATS_FILE))
     stats["wall_seconds"] = round(time.monotonic() - started, 1)
     _warn_about_empty_bigrams(config, stats)
     return stats
+
+
+def queries_graph(config: QueriesConfig, options: PipelineOptions) -> beam.Pipeline:
+    pipeline = beam.Pipeline(options=with_local_runner(options))
+    pipeline | "Query table" >> BuildQueryTable(config)
+    return pipeline
 
 
 def _warn_about_empty_bigrams(config: QueriesConfig, stats: dict) -> None:

@@ -95,7 +95,10 @@ class ReadPageviews(beam.PTransform):
     def expand(self, pbegin):
         # Bytes, not str: one undecodable line must be counted, not end the job.
         lines = [
-            pbegin | f"Read pageviews {i}" >> beam.io.ReadFromText(pattern, coder=coders.BytesCoder())
+            # validate=False: the launcher lists the patterns itself (one line when one
+            # matches nothing), and a dry run must list nothing.
+            pbegin | f"Read pageviews {i}" >> beam.io.ReadFromText(
+                pattern, coder=coders.BytesCoder(), validate=False)
             for i, pattern in enumerate(self._config.pageviews)
         ] | "All pageview lines" >> beam.Flatten()
         parsed = lines | "Parse pageviews" >> beam.ParDo(

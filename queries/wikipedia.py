@@ -54,7 +54,10 @@ class WikipediaDumpSource(FileBasedSource):
     """
 
     def __init__(self, pattern: str):
-        super().__init__(pattern, compression_type=CompressionTypes.AUTO, splittable=True)
+        # validate=False: the launcher lists the patterns itself (one line when one matches
+        # nothing), and a dry run must list nothing.
+        super().__init__(pattern, compression_type=CompressionTypes.AUTO, splittable=True,
+                         validate=False)
 
     def read_records(self, file_name, range_tracker):
         start = range_tracker.start_position()

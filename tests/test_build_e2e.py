@@ -363,13 +363,15 @@ def test_demo_quick_from_the_command_line(tmp_path):
 
 def test_curate_then_download_equals_build(web, corpus, tmp_path):
     # The two halves run as separate jobs; the shards must be the ones `openwit build` wrote.
+    # The download runs in worker processes: every transform and DoFn of it is pickled and
+    # unpickled on the way, as on a remote runner.
     curated = tmp_path / "curated"
     common = ["--candidates", str(web.candidates_path), "--queries", str(web.queries_path)]
     assert main(["curate", *common, "--output", str(curated)]) == 0
     assert main(["download", "--curated", str(curated), "--output", str(curated),
                  "--allow-network", ALLOWED, "--robots-txt", "true", "--timeout", "2",
-                 "--samples-per-shard", "60",
-                 "--download-threads", "16"]) == 0
+                 "--samples-per-shard", "60", "--download-threads", "16",
+                 "--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]) == 0
     for name in sorted(os.listdir(corpus / "shards")):
         if name.endswith((".tar", ".parquet", "sizes.json")):
             assert (corpus / "shards" / name).read_bytes() == \

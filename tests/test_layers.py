@@ -167,3 +167,16 @@ def test_the_console_script_runs_outside_the_checkout(tmp_path, command):
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert f"usage: openwit {command}" in result.stdout
+
+
+def test_every_package_folder_is_installed():
+    """An editable install finds any folder; a wheel (a worker's container) holds only the
+    packages pyproject.toml lists, so a folder missing there imports here and fails there."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    folders = {".".join([PACKAGES[path.relative_to(ROOT).parts[0]],
+                         *path.parent.relative_to(ROOT).parts[1:]])
+               for folder in PACKAGES for path in (ROOT / folder).rglob("__init__.py")}
+    assert folders == listed

@@ -27,7 +27,9 @@ from openwit.pipeline.core.errors import ConfigError
 BUILD_EPILOG = """\
 Every Beam option passes through: --runner (default DirectRunner, in memory),
 --direct_running_mode multi_processing --direct_num_workers 2, and Dataflow's --project,
---region, --temp_location, --setup_file, ...
+--region, --temp_location, --sdk_container_image, ... (infra/dataflow/launch.sh sets them).
+--dry_run True with --runner DataflowRunner translates the graph, submits nothing and touches
+no storage.
 
 Output folder: shards/NNNNNN.tar (+ .parquet, _stats.json, sizes.json), stats.json,
 query_counts.parquet, failures/*.parquet (every dropped candidate with its reason).
@@ -89,6 +91,16 @@ def beam_options(beam_args: list[str]):
     return checked_options(beam_args)
 
 
+def told_dry_run(result) -> bool:
+    """A dry run's result is the translated graph, not stats: its one line is printed."""
+    from openwit.pipeline.core.beam import DryRun
+
+    if isinstance(result, DryRun):
+        print(result.summary())
+        return True
+    return False
+
+
 def curate_flags(parser):
     from openwit.pipeline.text.config import add_curate_flags
 
@@ -101,6 +113,8 @@ def run_curate(args, beam_args) -> int:
 
     options = beam_options(beam_args)
     stats = curate(curate_config(args), options)
+    if told_dry_run(stats):
+        return 0
     print(format_curate_summary(stats))
     return 1 if stats.get("accounting_problems") else 0
 
@@ -115,9 +129,13 @@ def run_download(args, beam_args) -> int:
     from openwit.pipeline.jobs.download import download, download_job_config
     from openwit.pipeline.shards.summary import format_summary
 
+    from openwit.pipeline.core.beam import is_dry_run
+
     options = beam_options(beam_args)
-    config, curated = download_job_config(args)
+    config, curated = download_job_config(args, dry_run=is_dry_run(options))
     stats = download(config, curated, options)
+    if told_dry_run(stats):
+        return 0
     print(format_summary(stats, config.shards.output))
     return 1 if stats.get("accounting_problems") else 0
 
@@ -143,6 +161,8 @@ def run_candidates(args, beam_args) -> int:
 
     options = beam_options(beam_args)
     stats = extract_candidates(crawl_config(args), options)
+    if told_dry_run(stats):
+        return 0
     print(format_candidates_summary(stats))
     return 0
 
@@ -160,6 +180,8 @@ def run_build(args, beam_args) -> int:
     options = beam_options(beam_args)
     config = build_config(args)
     stats = build(config, options)
+    if told_dry_run(stats):
+        return 0
     print(format_summary(stats, config.images.shards.output))
     return 1 if stats.get("accounting_problems") else 0
 
@@ -177,6 +199,8 @@ def run_queries(args, beam_args) -> int:
     options = beam_options(beam_args)
     config = QueriesConfig.from_flags(args)
     stats = build_queries(config, options)
+    if told_dry_run(stats):
+        return 0
     print(format_stats(stats, config.table.output))
     return 0
 

@@ -1,11 +1,24 @@
 """Beam's options as openwit uses them: what is left of a command line after a command's own
 flags is Beam's (runner, filesystem credentials and endpoints, Dataflow settings), checked
-here so that a misspelt flag stops the command instead of being dropped with a warning."""
+here so that a misspelt flag stops the command instead of being dropped with a warning; and
+where the pipeline runs: a remote runner's needs are checked before a graph is built, and a
+Dataflow dry run (`--dry_run True`) ends with the translated graph, the launcher having touched
+no storage."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+
+import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+    GoogleCloudOptions,
+    PipelineOptions,
+    StandardOptions,
+    TestOptions,
+)
+from apache_beam.portability.api import beam_runner_api_pb2
 
 from openwit.pipeline.core.errors import ConfigError
 
@@ -47,3 +60,123 @@ def with_local_runner(options: PipelineOptions) -> PipelineOptions:
     if standard.runner is None:
         standard.runner = "DirectRunner"
     return options
+
+
+# ------------------------------------------------------------------ where the pipeline runs
+
+DATAFLOW = "DataflowRunner"
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no", ""}
+
+
+def runner_name(options: PipelineOptions) -> str:
+    """The runner's class name as Beam resolves it ('dataflow' -> 'DataflowRunner')."""
+    runner = options.view_as(StandardOptions).runner or StandardOptions.DEFAULT_RUNNER
+    if not isinstance(runner, str):
+        return type(runner).__name__
+    short = runner.rsplit(".", 1)[-1].lower()
+    known = {name.lower(): name for name in StandardOptions.KNOWN_RUNNER_NAMES}
+    return known.get(short, known.get(short + "runner", runner.rsplit(".", 1)[-1]))
+
+
+def runs_on_this_machine(options: PipelineOptions) -> bool:
+    """Beam's local runners: their workers share this machine's disk."""
+    return runner_name(options) in StandardOptions.LOCAL_RUNNERS
+
+
+def is_dry_run(options: PipelineOptions) -> bool:
+    """`--dry_run True`: the DataflowRunner translates the graph and submits nothing, so the
+    launcher must touch no storage either. Beam reads the flag as a string (`--dry_run False`
+    would be a dry run to it): it is made a bool here, and refused for runners that would
+    simply run the pipeline."""
+    test_options = options.view_as(TestOptions)
+    value = test_options.dry_run
+    if isinstance(value, str):
+        if value.strip().lower() not in _TRUE | _FALSE:
+            raise ConfigError(f"--dry_run {value!r}: give True or False")
+        value = value.strip().lower() in _TRUE
+    test_options.dry_run = bool(value)
+    if test_options.dry_run and runner_name(options) != DATAFLOW:
+        raise ConfigError(f"--dry_run True translates the graph for --runner {DATAFLOW} and "
+                          f"submits nothing; the {runner_name(options)} would run it: leave "
+                          f"--dry_run out for a local run")
+    return test_options.dry_run
+
+
+def check_runner(options: PipelineOptions) -> None:
+    """What a remote runner needs before a graph is built, as one line each: the DataflowRunner
+    needs the gcp extra, a project, a region, and a gs:// temp or staging location (without
+    one Beam tries to create a bucket and waits on it)."""
+    is_dry_run(options)
+    if runner_name(options) != DATAFLOW:
+        return
+    try:
+        importlib.import_module("apache_beam.runners.dataflow.internal.apiclient")
+    except ImportError:
+        raise ConfigError(f"--runner {DATAFLOW} needs the gcp extra: "
+                          "pip install 'openwit[gcp]'") from None
+    cloud = options.view_as(GoogleCloudOptions)
+    missing = [flag for flag, value in (("--project", cloud.project), ("--region", cloud.region))
+               if not value]
+    if missing:
+        raise ConfigError(f"--runner {DATAFLOW} needs {' and '.join(missing)}")
+    locations = [loc for loc in (cloud.temp_location, cloud.staging_location) if loc]
+    if not any(loc.startswith("gs://") for loc in locations):
+        raise ConfigError(f"--runner {DATAFLOW} needs --temp_location gs://BUCKET/tmp (or "
+                          "--staging_location gs://...)")
+
+
+def check_paths_reach_workers(options: PipelineOptions, paths: dict[str, list[str]]) -> None:
+    """On a remote runner the workers read inputs and write outputs themselves: a path on this
+    machine's disk is not theirs. `paths`: flag -> the paths it gave."""
+    if runs_on_this_machine(options):
+        return
+    for flag, values in paths.items():
+        for path in values:
+            if path and FileSystems.get_scheme(path) in (None, "file"):
+                raise ConfigError(
+                    f"{flag} {path!r} is a path on this machine; the {runner_name(options)}'s "
+                    "workers cannot read or write it: use gs:// or s3://")
+
+
+def check_launch(options: PipelineOptions, paths: dict[str, list[str]]) -> bool:
+    """The checks every job makes before it builds a graph (`check_runner`, then the paths of
+    `paths` for the runner's workers); True for a dry run."""
+    check_runner(options)
+    check_paths_reach_workers(options, paths)
+    return is_dry_run(options)
+
+
+@dataclasses.dataclass(frozen=True)
+class DryRun:
+    """What a dry run leaves: the translated graph, and nothing else anywhere."""
+
+    runner: str
+    graph: beam_runner_api_pb2.Pipeline
+
+    def step_names(self) -> list[str]:
+        """Every transform's full name, composite and leaf."""
+        return sorted(t.unique_name for t in self.graph.components.transforms.values())
+
+    def stages(self) -> list[str]:
+        """The pipeline's top-level steps, in the order they were applied."""
+        transforms = self.graph.components.transforms
+        level = list(self.graph.root_transform_ids)
+        # One composite holding the whole job ("Build corpus") says little: look inside it.
+        while len(level) == 1 and transforms[level[0]].subtransforms:
+            level = list(transforms[level[0]].subtransforms)
+        return [transforms[t].unique_name.rsplit("/", 1)[-1] for t in level]
+
+    def summary(self) -> str:
+        return (f"dry run: the {self.runner} translated the graph ({len(self.step_names())} "
+                f"steps: {', '.join(self.stages())}); nothing was submitted and no storage was "
+                "touched")
+
+
+def run_pipeline(pipeline: beam.Pipeline) -> DryRun | None:
+    """Runs the pipeline to the end, or, in a dry run, only translates it."""
+    result = pipeline.run()
+    if is_dry_run(pipeline.options):
+        return DryRun(runner_name(pipeline.options), result.job.proto_pipeline)
+    result.wait_until_finish()
+    return None

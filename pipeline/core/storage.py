@@ -180,6 +180,33 @@ def check_writable(folder: str) -> None:
         raise ConfigError(f"cannot write to {_where(folder)}: {_reason(err)}") from None
 
 
+@contextlib.contextmanager
+def at_launch():
+    """The storage work a launcher does around a pipeline (listing inputs, clearing and reading
+    back outputs) runs on the user's machine against the store, before any worker exists: a
+    store's error there (no credentials, no such bucket, an endpoint that does not answer) is
+    the user's to fix, and ends as one line naming what failed rather than a traceback."""
+    try:
+        with _quiet_clients():
+            yield
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - only a store's errors are translated
+        if not _is_store_error(err):
+            raise
+        raise ConfigError(f"storage: {_reason(err)}") from None
+
+
+_STORE_ERROR_MODULES = ("google.", "botocore.", "boto3.", "urllib3.", "requests.",
+                        "apache_beam.io.")
+
+
+def _is_store_error(err: BaseException) -> bool:
+    """OSError (local disks, and what `s3` raises) and the exceptions of the store clients'
+    libraries (Beam's BeamIOError, google-api-core, google-auth, botocore)."""
+    return isinstance(err, OSError) or type(err).__module__.startswith(_STORE_ERROR_MODULES)
+
+
 class _BeamClientRecords(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not any(part in record.pathname for part in _CLIENT_MODULES)
@@ -207,7 +234,13 @@ def _where(folder: str) -> str:
 
 def _reason(err: Exception) -> str:
     """The store's answer in a few words: credentials never appear in a store's error text,
-    but the text is cut to its first line and Beam's step name is dropped."""
+    but the text is cut to its first line and Beam's step name is dropped. Beam's BeamIOError
+    holds the store's own error per path: that one is told."""
+    details = getattr(err, "exception_details", None)
+    if isinstance(details, dict) and details:
+        where, inner = next(iter(details.items()))
+        if isinstance(inner, BaseException):
+            return f"{where}: {_reason(inner)}"
     text = str(getattr(err, "message", None) or err or type(err).__name__).splitlines()[0]
     text = re.sub(r" \[while running .*$", "", text)[:300]
     status = getattr(err, "code", None) or (getattr(err, "response", None) or {}).get(

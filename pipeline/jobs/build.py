@@ -20,7 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from openwit.pipeline.core import layout, storage
-from openwit.pipeline.core.beam import with_local_runner
+from openwit.pipeline.core.beam import DryRun, check_launch, run_pipeline, with_local_runner
 from openwit.pipeline.core.errors import ConfigError
 from openwit.pipeline.core.flags import add_output_flag
 from openwit.pipeline.crawl.config import CrawlConfig, add_crawl_input_flags, crawl_config, crawl_inputs
@@ -133,11 +133,28 @@ def prepare_output(output: str) -> dict[int, dict]:
     return completed
 
 
-def build(config: BuildConfig, options: PipelineOptions) -> dict:
-    """Runs both halves as one pipeline and returns the corpus stats."""
+def build_paths(config: BuildConfig) -> dict[str, list[str]]:
+    """What the workers read and write, by the flag that named it."""
+    paths = {"--candidates": list(config.curate.read.candidates),
+             "--queries": [config.curate.match.queries or ""],
+             "--output": [config.images.shards.output]}
+    if config.crawl is not None:
+        paths = {f"--{config.crawl.mode}": list(config.crawl.inputs),
+                 "--queries": paths["--queries"], "--output": paths["--output"]}
+    return paths
+
+
+def build(config: BuildConfig, options: PipelineOptions) -> dict | DryRun:
+    """Runs both halves as one pipeline and returns the corpus stats; in a dry run, translates
+    the graph and touches no storage (no input listed, nothing cleared or read back)."""
     # s3:// and gs:// take credentials and endpoints from the options, at launch too.
     FileSystems.set_options(options)
     config.validate()
+    dry_run = check_launch(options, build_paths(config))
+    if dry_run:
+        if config.crawl is not None:
+            LOGGER.info("crawl: %s", extract_candidates(config.crawl, options).summary())
+        return run_pipeline(build_graph(config, options, {}, excluded_images(config.images)))
     crawl_stats = None
     if config.crawl is not None:
         crawl_stats = extract_candidates(config.crawl, options)
@@ -146,22 +163,30 @@ def build(config: BuildConfig, options: PipelineOptions) -> dict:
         if not crawl_stats["candidates"]:
             raise ConfigError(f"the crawl files hold no image link with alt text "
                               f"(see {storage.join(config.crawl.output, layout.STATS_FILE)})")
-    check_inputs(config.curate)
     output = config.images.shards.output
-    storage.check_writable(output)
-    inputs = build_inputs(config)
-    finished = finished_stats(output, build_run_config(config), inputs)
-    if finished is not None:
-        return finished
-    excluded = excluded_images(config.images)
-    completed = prepare_output(output)
+    with storage.at_launch():
+        check_inputs(config.curate)
+        storage.check_writable(output)
+        inputs = build_inputs(config)
+        finished = finished_stats(output, build_run_config(config), inputs)
+        if finished is not None:
+            return finished
+        excluded = excluded_images(config.images)
+        completed = prepare_output(output)
     started = time.monotonic()
-    with beam.Pipeline(options=with_local_runner(options)) as pipeline:
-        pipeline | "Build corpus" >> BuildCorpus(config, completed, excluded)
-    clear_work_folder(output)
+    run_pipeline(build_graph(config, options, completed, excluded))
     balance = dataclasses.asdict(config.curate.balance)
     extra = {"balance": {**balance, "target": config.curate.balance.target},
              INPUTS_FIELD: inputs}
     if crawl_stats is not None:
         extra["crawl"] = {name: crawl_stats[name] for name in CRAWL_SUMMARY}
-    return finish_stats(output, started, extra)
+    with storage.at_launch():
+        clear_work_folder(output)
+        return finish_stats(output, started, extra)
+
+
+def build_graph(config: BuildConfig, options: PipelineOptions, completed: dict[int, dict],
+                excluded) -> beam.Pipeline:
+    pipeline = beam.Pipeline(options=with_local_runner(options))
+    pipeline | "Build corpus" >> BuildCorpus(config, completed, excluded)
+    return pipeline

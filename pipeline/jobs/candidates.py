@@ -17,7 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from openwit.pipeline.core import layout, storage
-from openwit.pipeline.core.beam import with_local_runner
+from openwit.pipeline.core.beam import DryRun, check_launch, run_pipeline, with_local_runner
 from openwit.pipeline.core.errors import ConfigError
 from openwit.pipeline.crawl.config import CrawlConfig
 from openwit.pipeline.crawl.extract import CrawlCount, ExtractCandidates
@@ -52,33 +52,48 @@ def crawl_inputs_with_versions(config: CrawlConfig) -> list[dict]:
     return inputs
 
 
-def extract_candidates(config: CrawlConfig, options: PipelineOptions) -> dict:
-    """Runs the extraction to completion (or finds it finished) and returns its stats."""
+def extract_candidates(config: CrawlConfig, options: PipelineOptions) -> dict | DryRun:
+    """Runs the extraction to completion (or finds it finished) and returns its stats; in a
+    dry run, translates the graph and touches no storage."""
     FileSystems.set_options(options)
-    inputs = crawl_inputs_with_versions(config)
-    files = len({entry["path"] for entry in inputs})
-    storage.check_writable(config.output)
+    dry_run = check_launch(options, {f"--{config.mode}": list(config.inputs),
+                                     "--output": [config.output]})
     run_config = dataclasses.asdict(config)
-    finished = finished_candidates(config.output, run_config, inputs)
-    if finished is not None:
-        return finished
-    remove_leftovers(config.output)
-    storage.delete(storage.glob(layout.candidates_pattern(config.output)))
+    if dry_run:
+        # The file count only sizes the dedup's buckets; the patterns stand in for it.
+        return run_pipeline(candidates_graph(config, options, len(config.inputs), run_config,
+                                             []))
+    with storage.at_launch():
+        inputs = crawl_inputs_with_versions(config)
+        files = len({entry["path"] for entry in inputs})
+        storage.check_writable(config.output)
+        finished = finished_candidates(config.output, run_config, inputs)
+        if finished is not None:
+            return finished
+        remove_leftovers(config.output)
+        storage.delete(storage.glob(layout.candidates_pattern(config.output)))
     started = time.monotonic()
-    with beam.Pipeline(options=with_local_runner(options)) as pipeline:
-        result = pipeline | "Extract" >> ExtractCandidates(config, files)
-        written = result.candidates | "Write candidates" >> WriteParquetParts(
-            config.output, layout.CANDIDATES_PREFIX, layout.CRAWL_CANDIDATE_SCHEMA)
-        totals = result.totals | "Collect totals" >> beam.combiners.ToDict()
-        # The written paths as a side input: stats.json is written after every part is.
-        totals | "Write stats" >> beam.Map(
-            lambda counts, paths: write_stats(config.output, counts, len(paths), run_config,
-                                              inputs),
-            paths=beam.pvalue.AsList(written))
-    stats = storage.read_json(storage.join(config.output, layout.STATS_FILE))
-    stats["wall_seconds"] = round(time.monotonic() - started, 1)
-    storage.write_json_atomic(storage.join(config.output, layout.STATS_FILE), stats)
+    run_pipeline(candidates_graph(config, options, files, run_config, inputs))
+    with storage.at_launch():
+        stats = storage.read_json(storage.join(config.output, layout.STATS_FILE))
+        stats["wall_seconds"] = round(time.monotonic() - started, 1)
+        storage.write_json_atomic(storage.join(config.output, layout.STATS_FILE), stats)
     return stats
+
+
+def candidates_graph(config: CrawlConfig, options: PipelineOptions, files: int,
+                     run_config: dict, inputs: list[dict]) -> beam.Pipeline:
+    pipeline = beam.Pipeline(options=with_local_runner(options))
+    result = pipeline | "Extract" >> ExtractCandidates(config, files)
+    written = result.candidates | "Write candidates" >> WriteParquetParts(
+        config.output, layout.CANDIDATES_PREFIX, layout.CRAWL_CANDIDATE_SCHEMA)
+    totals = result.totals | "Collect totals" >> beam.combiners.ToDict()
+    # The written paths as a side input: stats.json is written after every part is.
+    totals | "Write stats" >> beam.Map(
+        lambda counts, paths: write_stats(config.output, counts, len(paths), run_config,
+                                          inputs),
+        paths=beam.pvalue.AsList(written))
+    return pipeline
 
 
 def finished_candidates(output: str, run_config: dict, inputs: list[dict]) -> dict | None:

@@ -16,7 +16,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from openwit.pipeline.core import layout, storage
-from openwit.pipeline.core.beam import with_local_runner
+from openwit.pipeline.core.beam import DryRun, check_launch, run_pipeline, with_local_runner
 from openwit.pipeline.core.errors import ConfigError
 from openwit.pipeline.core.layout import (
     CURATED_FOLDER,
@@ -67,20 +67,33 @@ def clear_work_folder(output: str, folder: str = WORK_FOLDER) -> None:
         storage.delete([work])
 
 
-def curate(config: CurateConfig, options: PipelineOptions) -> dict:
-    """Runs the curate pipeline to completion and returns its stats."""
+def curate(config: CurateConfig, options: PipelineOptions) -> dict | DryRun:
+    """Runs the curate pipeline to completion and returns its stats; in a dry run, translates
+    the graph and touches no storage."""
     FileSystems.set_options(options)
     config.validate()
-    check_inputs(config)
-    storage.check_writable(config.output)
-    remove_leftovers(config.output)
-    clear_text_outputs(config.output)
+    dry_run = check_launch(options, {"--candidates": list(config.read.candidates),
+                                     "--queries": [config.match.queries or ""],
+                                     "--output": [config.output]})
+    if dry_run:
+        return run_pipeline(curate_graph(config, options))
+    with storage.at_launch():
+        check_inputs(config)
+        storage.check_writable(config.output)
+        remove_leftovers(config.output)
+        clear_text_outputs(config.output)
     started = time.monotonic()
-    with beam.Pipeline(options=with_local_runner(options)) as pipeline:
-        result = pipeline | "Curate" >> CurateCandidates(config)
-        result | "Write" >> WriteCurated(config)
-    clear_work_folder(config.output)
-    return finish_stats(config.output, started)
+    run_pipeline(curate_graph(config, options))
+    with storage.at_launch():
+        clear_work_folder(config.output)
+        return finish_stats(config.output, started)
+
+
+def curate_graph(config: CurateConfig, options: PipelineOptions) -> beam.Pipeline:
+    pipeline = beam.Pipeline(options=with_local_runner(options))
+    result = pipeline | "Curate" >> CurateCandidates(config)
+    result | "Write" >> WriteCurated(config)
+    return pipeline
 
 
 def finish_stats(output: str, started: float, extra: dict | None = None) -> dict:

@@ -144,8 +144,10 @@ def read_grouped_drops(output: str):
         if not storage.exists(path):
             return
         table = storage.read_parquet(path)
+        # Written before failure records kept the hash. (A bare `return`: Beam warns about a
+        # generator with any other `return` line.)
         if "phash" not in table.column_names:
-            return  # written before failure records kept the hash
+            return
         columns = [c for c in ("key", "reason", "phash", "phash_crops", "colours")
                    if c in table.column_names]
         for row in table.select(columns).to_pylist():
