@@ -221,7 +221,8 @@ def build_queries(config: QueriesConfig, options: PipelineOptions) -> dict | Dry
         LOGGER.warning("WordNet is not used (none installed at the default place, or "
                        "--wordnet none): the table lacks the paper's synset queries")
     started = time.monotonic()
-    run_pipeline(queries_graph(config, options))
+    if (launched_later := run_pipeline(queries_graph(config, options))) is not None:
+        return launched_later  # a template: the job runs after this process
     with storage.at_launch():
         stats = storage.read_json(storage.join(config.table.output,
                                                layout.QUERY_TABLE_STATS_FILE))

@@ -260,3 +260,38 @@ def test_a_bug_at_launch_is_not_dressed_as_a_store_error():
     with pytest.raises(TypeError):
         with storage.at_launch():
             raise TypeError("a programming error stays a traceback")
+
+
+def test_a_template_launch_is_not_waited_for(monkeypatch):
+    # A Flex Template launch passes --template_location: Beam writes the job there and
+    # Dataflow starts it after this process ends, so the launcher must not do its after-job
+    # work (it would read a stats.json the job has not written yet).
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from openwit.pipeline.core.beam import DryRun, run_pipeline
+
+    class WrittenNotRun:
+        job = None
+
+        def wait_until_finish(self):
+            raise AssertionError("a template's job is not this process's to wait for")
+
+    class Pipeline:
+        options = PipelineOptions(["--runner", "DataflowRunner",
+                                   "--template_location", "gs://b/launches/1/job_object"])
+
+        def run(self):
+            return WrittenNotRun()
+
+    result = run_pipeline(Pipeline())
+    assert isinstance(result, DryRun) and result.template_location.endswith("job_object")
+    assert "Dataflow starts it from there" in result.summary()
+
+
+def test_a_build_from_crawl_files_is_refused_as_a_template(no_network, capsys):
+    flags = [f for f in DATAFLOW if f not in ("--dry_run", "True")]
+    with pytest.raises(SystemExit):
+        main(["build", "--wat", f"{BUCKET}/x.wat.gz", "--output", f"{BUCKET}/out", *flags,
+              "--template_location", f"{BUCKET}/launches/1/job_object"])
+    assert "a build from crawl files is two jobs" in capsys.readouterr().err
+    assert no_network == []

@@ -149,17 +149,25 @@ def check_launch(options: PipelineOptions, paths: dict[str, list[str]]) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class DryRun:
-    """What a dry run leaves: the translated graph, and nothing else anywhere."""
+    """A pipeline translated and not run by this process: a dry run (the graph, and nothing
+    else anywhere), or a Dataflow template (`--template_location`, as a Flex Template launch
+    passes it), whose job Dataflow starts after this process ends, so the launcher's work
+    after a job (the final fields of stats.json) cannot happen here."""
 
     runner: str
-    graph: beam_runner_api_pb2.Pipeline
+    graph: beam_runner_api_pb2.Pipeline | None
+    template_location: str | None = None
 
     def step_names(self) -> list[str]:
         """Every transform's full name, composite and leaf."""
+        if self.graph is None:
+            return []
         return sorted(t.unique_name for t in self.graph.components.transforms.values())
 
     def stages(self) -> list[str]:
         """The pipeline's top-level steps, in the order they were applied."""
+        if self.graph is None:
+            return []
         transforms = self.graph.components.transforms
         level = list(self.graph.root_transform_ids)
         # One composite holding the whole job ("Build corpus") says little: look inside it.
@@ -168,15 +176,25 @@ class DryRun:
         return [transforms[t].unique_name.rsplit("/", 1)[-1] for t in level]
 
     def summary(self) -> str:
+        if self.template_location:
+            return (f"the {self.runner} wrote the job to {self.template_location}; Dataflow "
+                    "starts it from there (stats.json keeps the job's own counts: the "
+                    "launcher's wall time and input versions are not added)")
         return (f"dry run: the {self.runner} translated the graph ({len(self.step_names())} "
                 f"steps: {', '.join(self.stages())}); nothing was submitted and no storage was "
                 "touched")
 
 
 def run_pipeline(pipeline: beam.Pipeline) -> DryRun | None:
-    """Runs the pipeline to the end, or, in a dry run, only translates it."""
+    """Runs the pipeline to the end; in a dry run, or when it is written as a template, only
+    translates it (the caller then skips what it does after a job)."""
     result = pipeline.run()
     if is_dry_run(pipeline.options):
         return DryRun(runner_name(pipeline.options), result.job.proto_pipeline)
+    template = pipeline.options.view_as(GoogleCloudOptions).template_location
+    if template:
+        job = getattr(result, "job", None)
+        return DryRun(runner_name(pipeline.options), getattr(job, "proto_pipeline", None),
+                      template_location=template)
     result.wait_until_finish()
     return None

@@ -17,7 +17,7 @@ import time
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
 from openwit.pipeline.core import layout, storage
 from openwit.pipeline.core.beam import DryRun, check_launch, run_pipeline, with_local_runner
@@ -151,6 +151,9 @@ def build(config: BuildConfig, options: PipelineOptions) -> dict | DryRun:
     FileSystems.set_options(options)
     config.validate()
     dry_run = check_launch(options, build_paths(config))
+    if config.crawl is not None and options.view_as(GoogleCloudOptions).template_location:
+        raise ConfigError("a build from crawl files is two jobs, and a template holds one: "
+                          "run `openwit candidates`, then `openwit build --candidates`")
     if dry_run:
         if config.crawl is not None:
             LOGGER.info("crawl: %s", extract_candidates(config.crawl, options).summary())
@@ -174,7 +177,8 @@ def build(config: BuildConfig, options: PipelineOptions) -> dict | DryRun:
         excluded = excluded_images(config.images)
         completed = prepare_output(output)
     started = time.monotonic()
-    run_pipeline(build_graph(config, options, completed, excluded))
+    if (launched_later := run_pipeline(build_graph(config, options, completed, excluded))) is not None:
+        return launched_later  # a template: the job runs after this process
     balance = dataclasses.asdict(config.curate.balance)
     extra = {"balance": {**balance, "target": config.curate.balance.target},
              INPUTS_FIELD: inputs}

@@ -73,7 +73,8 @@ def extract_candidates(config: CrawlConfig, options: PipelineOptions) -> dict | 
         remove_leftovers(config.output)
         storage.delete(storage.glob(layout.candidates_pattern(config.output)))
     started = time.monotonic()
-    run_pipeline(candidates_graph(config, options, files, run_config, inputs))
+    if (launched_later := run_pipeline(candidates_graph(config, options, files, run_config, inputs))) is not None:
+        return launched_later  # a template: the job runs after this process
     with storage.at_launch():
         stats = storage.read_json(storage.join(config.output, layout.STATS_FILE))
         stats["wall_seconds"] = round(time.monotonic() - started, 1)

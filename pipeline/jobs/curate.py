@@ -83,7 +83,8 @@ def curate(config: CurateConfig, options: PipelineOptions) -> dict | DryRun:
         remove_leftovers(config.output)
         clear_text_outputs(config.output)
     started = time.monotonic()
-    run_pipeline(curate_graph(config, options))
+    if (launched_later := run_pipeline(curate_graph(config, options))) is not None:
+        return launched_later  # a template: the job runs after this process
     with storage.at_launch():
         clear_work_folder(config.output)
         return finish_stats(config.output, started)

@@ -66,7 +66,8 @@ def download(config: ImageHalfConfig, curated: str, options: PipelineOptions) ->
         remove_leftovers(output)
         completed = read_completed_shards(output)
     started = time.monotonic()
-    run_pipeline(download_graph(config, curated, run_config, options, completed, excluded))
+    if (launched_later := run_pipeline(download_graph(config, curated, run_config, options, completed, excluded))) is not None:
+        return launched_later  # a template: the job runs after this process
     with storage.at_launch():
         return finish_stats(output, started, {"balance": balance, INPUTS_FIELD: inputs})
 
