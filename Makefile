@@ -41,8 +41,10 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/openwit demo $(ARGS)
 
+# Two processes (the machine's two cores), each taking whole test files, so that a file's
+# module-scoped fixtures (a built corpus, a served mini-web) are built once.
 test: setup
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info openwit-demo
