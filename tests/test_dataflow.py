@@ -170,15 +170,13 @@ def test_the_check_finds_a_local_path_in_a_graph(dry_run, tmp_path, monkeypatch)
     # The path check above is only worth something if it sees paths inside pickled DoFns: a
     # local run's graph (the same transforms, translated the same way) holds its output folder.
     monkeypatch.chdir(tmp_path)
-    from openwit.pipeline.core.beam import DryRun
     from openwit.pipeline.jobs.curate import curate_graph
     from openwit.pipeline.text.config import curate_config
 
     args, beam_args = cli.make_parser("curate").parse_known_args(
         ["curate", "--candidates", str(tmp_path / "c.csv"), "--output", str(tmp_path / "out")])
     pipeline = curate_graph(curate_config(args), cli.beam_options(beam_args))
-    graph = DryRun("DirectRunner", pipeline.to_runner_api()).graph
-    assert local_paths_in(graph, str(tmp_path))
+    assert local_paths_in(pipeline.to_runner_api(), str(tmp_path))
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -107,7 +107,6 @@ def check_runner(options: PipelineOptions) -> None:
     """What a remote runner needs before a graph is built, as one line each: the DataflowRunner
     needs the gcp extra, a project, a region, and a gs:// temp or staging location (without
     one Beam tries to create a bucket and waits on it)."""
-    is_dry_run(options)
     if runner_name(options) != DATAFLOW:
         return
     try:
@@ -120,8 +119,8 @@ def check_runner(options: PipelineOptions) -> None:
                if not value]
     if missing:
         raise ConfigError(f"--runner {DATAFLOW} needs {' and '.join(missing)}")
-    locations = [loc for loc in (cloud.temp_location, cloud.staging_location) if loc]
-    if not any(loc.startswith("gs://") for loc in locations):
+    if not any((location or "").startswith("gs://")
+               for location in (cloud.temp_location, cloud.staging_location)):
         raise ConfigError(f"--runner {DATAFLOW} needs --temp_location gs://BUCKET/tmp (or "
                           "--staging_location gs://...)")
 
@@ -140,11 +139,12 @@ def check_paths_reach_workers(options: PipelineOptions, paths: dict[str, list[st
 
 
 def check_launch(options: PipelineOptions, paths: dict[str, list[str]]) -> bool:
-    """The checks every job makes before it builds a graph (`check_runner`, then the paths of
-    `paths` for the runner's workers); True for a dry run."""
+    """The checks every job makes before it builds a graph (the dry-run flag, `check_runner`,
+    then the paths of `paths` for the runner's workers); True for a dry run."""
+    dry_run = is_dry_run(options)
     check_runner(options)
     check_paths_reach_workers(options, paths)
-    return is_dry_run(options)
+    return dry_run
 
 
 @dataclasses.dataclass(frozen=True)

@@ -135,13 +135,10 @@ def prepare_output(output: str) -> dict[int, dict]:
 
 def build_paths(config: BuildConfig) -> dict[str, list[str]]:
     """What the workers read and write, by the flag that named it."""
-    paths = {"--candidates": list(config.curate.read.candidates),
-             "--queries": [config.curate.match.queries or ""],
-             "--output": [config.images.shards.output]}
-    if config.crawl is not None:
-        paths = {f"--{config.crawl.mode}": list(config.crawl.inputs),
-                 "--queries": paths["--queries"], "--output": paths["--output"]}
-    return paths
+    inputs = ({f"--{config.crawl.mode}": list(config.crawl.inputs)} if config.crawl is not None
+              else {"--candidates": list(config.curate.read.candidates)})
+    return {**inputs, "--queries": [config.curate.match.queries or ""],
+            "--output": [config.images.shards.output]}
 
 
 def build(config: BuildConfig, options: PipelineOptions) -> dict | DryRun:

@@ -85,13 +85,14 @@ def download_graph(config: ImageHalfConfig, curated: str, run_config: dict,
     pipeline = beam.Pipeline(options=with_local_runner(options))
     curated_rows = pipeline | "Read curated" >> beam.io.ReadFromParquet(
         curated_parts(curated), validate=False)
-    curation = pipeline | "Curated folder" >> beam.Create([curated])
+    curation = (pipeline | "Curated folder" >> beam.Create([curated])
+                | "Read curation" >> beam.Map(read_curation))
     {
         "curated": curated_rows,
-        "text_entries": curation | "Curate stages" >> beam.Map(
-            lambda folder: {"stages": read_curation(folder)[0], "problems": []}),
-        "query_rows": curation | "Curated query counts" >> beam.FlatMap(
-            lambda folder: read_curation(folder)[1]),
+        "text_entries": curation | "Curate stages" >> beam.MapTuple(
+            lambda entries, _query_rows, _balance: {"stages": entries, "problems": []}),
+        "query_rows": curation | "Curated query counts" >> beam.FlatMapTuple(
+            lambda _entries, query_rows, _balance: query_rows),
     } | "Image half" >> ImageHalf(config, run_config, completed, excluded)
     return pipeline
 
